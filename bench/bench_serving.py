@@ -10,6 +10,8 @@ For each signature: latency at batch 1 and throughput at batch 256 (rows/s), med
   concrete_xla     the same traced with jit_compile=True (agent.act compiled by XLA)
   saved_model      tf.saved_model.load(...).signatures[name] of the published export
   saved_model_xla  the same for an export made with jit_compile=True
+  saved_model_fn_xla  that export's function attribute, tf.saved_model.load(...).<name>
+                   (skips the signature's graph wrapper: one XLA launch per call)
   grpc, rest       serving/server.py on 127.0.0.1 (PredictionService.Predict; POST :predict),
                    serving the plain export (--server_export=xla for the XLA one)
 Weights are random (latency does not depend on training). In-process inputs are prepared
@@ -41,7 +43,8 @@ from serving.server import ModelServer  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 28, 5  # cube-single
 TARGETS_MS = {"act_k1": 0.12, "act_k8": 0.37, "act_k8_best_of_4": 1.2}
-MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla", "grpc", "rest")
+MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla",
+         "saved_model_fn_xla", "grpc", "rest")
 
 
 def time_calls(call: Callable[[], object], runs: int, calls: int, warmup: int = 5) -> List[float]:
@@ -75,6 +78,8 @@ class InProcess:
             self.calls["saved_model_xla" if jit else "saved_model"] = {
                 name: (lambda x, f=self.loaded[jit].signatures[name]: f(observations=x))
                 for name in names}
+        self.calls["saved_model_fn_xla"] = {
+            name: (lambda x, f=getattr(self.loaded[True], name): f(x)) for name in names}
 
 
 def server_calls(server: ModelServer, names: Sequence[str]) -> Dict[str, Dict[str, Callable]]:
@@ -137,7 +142,8 @@ def run(args) -> List[dict]:
 def print_row(row: dict, small: bool):
     target = TARGETS_MS.get(row["signature"]) if row["batch"] == 1 else None
     note = ""
-    if target is not None and row["mode"] in ("concrete", "concrete_xla", "tf.function"):
+    if target is not None and row["mode"] in ("concrete", "concrete_xla", "tf.function",
+                                              "saved_model_fn_xla"):
         note = f"  (target {target} ms{', paper nets only' if small else ''})"
     print(f"{row['mode']:>16} {row['signature']:>18} batch {row['batch']:>4}: "
           f"{row['ms_per_call']:8.3f} ms/call {row['rows_per_s']:10.0f} rows/s{note}", flush=True)

@@ -38,7 +38,7 @@ class ExportVerificationError(RuntimeError):
 
 
 class _PolicyModule(tf.Module):
-    """What the SavedModel holds: the tf.Variables the signatures read, nothing else.
+    """What the SavedModel holds: the tf.Variables the signatures read and their noise stream.
 
     Tracking the Keras models instead would export each Keras variable twice (Keras writes a
     copy of the tf.Variable it wraps into the SavedModel graph); the checkpoint then restores
@@ -47,8 +47,15 @@ class _PolicyModule(tf.Module):
     the functions' variables the same way.
     """
 
-    def __init__(self, functions: Dict[str, tf.types.experimental.PolymorphicFunction]):
+    def __init__(self, functions: Dict[str, tf.types.experimental.PolymorphicFunction],
+                 noise_stream: signatures_lib.NoiseStream):
         super().__init__(name="sorl_policy")
+        self.noise_stream = noise_stream  # a resource: re-initialised (new OS key) on every load
+        for name, function in functions.items():
+            # Also as attributes: `tf.saved_model.load(path).act_k1(observations)` calls the
+            # function itself (one XLA launch for a jit_compile export); `.signatures[name]`
+            # goes through a graph wrapper first (about 0.17 ms more per call here).
+            setattr(self, name, function)
         used = {}
         for function in functions.values():
             for variable in function.get_concrete_function().variables:
@@ -274,9 +281,10 @@ def export_saved_model(agent, model_base_path: str, version: Optional[int] = Non
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_base_path)
     try:
         os.chmod(tmp_dir, 0o755)  # mkdtemp's 0700 would hide the version from a server user
+        noise_stream = signatures_lib.NoiseStream()
         functions = signatures_lib.make_signatures(agent, variants, obs_dim, action_dim,
-                                                   jit_compile)
-        tf.saved_model.save(_PolicyModule(functions), tmp_dir, signatures=functions)
+                                                   jit_compile, noise_stream)
+        tf.saved_model.save(_PolicyModule(functions, noise_stream), tmp_dir, signatures=functions)
         write_warmup_file(tmp_dir, warmup_requests(variants, obs_dim))
         if verify:
             verify_export(agent, tmp_dir, variants)

@@ -28,12 +28,20 @@ The noise is the only thing the export adds: sampling (Euler unroll, clipping, b
 is `agent.act(observations, steps=k, num_samples=N, noise=noise)` (for act_adaptive
 `models.adaptive.adaptive_act`, which calls agent.act).
 
-Why the noise is drawn outside the XLA-compiled part when exporting with jit_compile: XLA's
-normal sampler gives other numbers than TF's kernel for the same stateless seed (the seeded
-twins would depend on the export option), and XLA's stateful sampler restarts the same
-sequence in every process (every server restart would replay the same "fresh" noise).
+Where the noise comes from:
+- seeded twins: TF's stateless normal kernel on (seed[i], SEED_SALT), drawn outside the
+  XLA-compiled part even with jit_compile, because XLA's normal sampler gives other numbers than
+  TF's kernel for the same seed (the seeded answers would depend on the export option);
+- plain signatures: a stateless normal keyed by a NoiseStream, an int64 [key, counter] resource
+  that the SavedModel re-initialises on every load (TF Serving runs it with the model's init op,
+  `tf.saved_model.load` when it restores): the key comes from the OS, so two server processes,
+  or one process after a restart, never replay each other's noise, and every call moves the
+  counter on. Unlike a host-side random op this lives inside the XLA computation, so a
+  jit_compile export answers a plain call with one compiled launch (a plain TF graph call costs
+  about 0.1 ms more on this project's CPU, see BENCHMARKS.md).
 """
 import dataclasses
+import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -96,15 +104,37 @@ def plan_signatures(budgets: Sequence[int], best_of: Sequence[Tuple[int, int]],
     return variants
 
 
-def fresh_noise(batch, num_samples: int, action_dim: int):
-    """[batch, N, A] standard normal noise, different on every call and in every process.
+class NoiseStream(tf.saved_model.experimental.TrackableResource):
+    """Per-process noise for the plain signatures: an int64 [key, counter] resource variable.
 
-    The raw op with seed = seed2 = 0 is seeded from the OS at kernel creation, even when the
-    exporting process had set a global seed (which would otherwise be baked into the graph and
-    replay the same noise after every server restart).
+    The key is drawn from the OS when the resource is initialised, which a SavedModel does on
+    every load (it is a resource, like a lookup table, not a checkpointed variable); each call
+    reads [key, counter] as the seed of a stateless draw and adds 1 to the counter. Concurrent
+    calls may share a counter value (the read and the add are two ops); their noise is then
+    equal, never biased. The resource is not destroyed with this object (16 bytes), so a
+    concrete function kept without its tf.function keeps working.
     """
-    shape = tf.stack([batch, num_samples, action_dim])
-    return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0)
+
+    def __init__(self):
+        super().__init__()
+        self._init_op = self._initialize()  # in eager mode, initialise now
+
+    def _create_resource(self):
+        return tf.raw_ops.VarHandleOp(dtype=tf.int64, shape=[2],
+                                      shared_name=f"sorl_noise_stream_{uuid.uuid4().hex}")
+
+    def _initialize(self):
+        key = tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
+                                          maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0)
+        return tf.raw_ops.AssignVariableOp(resource=self.resource_handle,
+                                           value=tf.stack([key, tf.constant(0, tf.int64)]))
+
+    def noise(self, batch, num_samples: int, action_dim: int):
+        """[batch, N, A] standard normal noise, new on every call (see the class docstring)."""
+        state = tf.raw_ops.ReadVariableOp(resource=self.resource_handle, dtype=tf.int64)
+        tf.raw_ops.AssignAddVariableOp(resource=self.resource_handle,
+                                       value=tf.constant([0, 1], tf.int64))
+        return tf.random.stateless_normal(tf.stack([batch, num_samples, action_dim]), seed=state)
 
 
 def seeded_noise(seeds, num_samples: int, action_dim: int):
@@ -118,12 +148,14 @@ def seeded_noise(seeds, num_samples: int, action_dim: int):
 
 
 def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, action_dim: int,
-                            jit_compile: bool = False) -> tf.types.experimental.PolymorphicFunction:
+                            noise_stream: NoiseStream, jit_compile: bool = False
+                            ) -> tf.types.experimental.PolymorphicFunction:
     """A tf.function with a fixed input signature that returns {"actions": [batch, A]} (and
     "steps_used" [batch] for the adaptive policy).
 
-    With jit_compile only the sampling is XLA-compiled, not the noise (see the module docstring);
-    the adaptive policy is never compiled (its row selection has data-dependent shapes).
+    With jit_compile a plain signature is one XLA computation, noise included; a seeded one
+    compiles the sampling but not its noise (see the module docstring). The adaptive policy is
+    never compiled (its row selection has data-dependent shapes).
     """
     k, n = variant.steps, variant.num_samples
     if variant.adaptive:
@@ -134,29 +166,36 @@ def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, acti
                 agent, observations, noise=noise, max_steps=k, threshold=variant.adaptive_threshold)
             return {"actions": actions, "steps_used": steps_used}
 
-        sample = tf.function(sample)
+        jit_compile = False
     else:
-        sample = tf.function(
-            lambda observations, noise: {"actions": agent.act(observations, steps=k, num_samples=n,
-                                                              noise=noise)},
-            jit_compile=jit_compile)
+        def sample(observations, noise):
+            return {"actions": agent.act(observations, steps=k, num_samples=n, noise=noise)}
+
     observations_spec = tf.TensorSpec([None, obs_dim], tf.float32, name="observations")
     if variant.seeded:
+        compiled_sample = tf.function(sample, jit_compile=jit_compile)
+
         def act_seeded(observations, seed):
-            return sample(observations, seeded_noise(seed, n, action_dim))
+            return compiled_sample(observations, seeded_noise(seed, n, action_dim))
 
         return tf.function(act_seeded, input_signature=[
             observations_spec, tf.TensorSpec([None], tf.int64, name="seed")])
 
     def act_fresh(observations):
-        return sample(observations, fresh_noise(tf.shape(observations)[0], n, action_dim))
+        return sample(observations, noise_stream.noise(tf.shape(observations)[0], n, action_dim))
 
-    return tf.function(act_fresh, input_signature=[observations_spec])
+    return tf.function(act_fresh, input_signature=[observations_spec], jit_compile=jit_compile)
 
 
 def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, action_dim: int,
-                    jit_compile: bool = False) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
-    """Signature name -> tf.function; serving_default shares act_k{default}'s function."""
+                    jit_compile: bool = False, noise_stream: Optional[NoiseStream] = None
+                    ) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
+    """Signature name -> tf.function; serving_default shares act_k{default}'s function.
+
+    The plain signatures draw from `noise_stream` (a new NoiseStream if None); whatever saves
+    the functions must track it (serving/export.py's module does).
+    """
+    noise_stream = NoiseStream() if noise_stream is None else noise_stream
     functions = {}
     for variant in variants:
         twin = variant_name(variant.steps, variant.num_samples, variant.seeded)
@@ -164,5 +203,5 @@ def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, a
             functions[variant.name] = functions[twin]
         else:
             functions[variant.name] = make_signature_function(agent, variant, obs_dim, action_dim,
-                                                              jit_compile)
+                                                              noise_stream, jit_compile)
     return functions

@@ -156,6 +156,48 @@ def test_unseeded_signatures_draw_fresh_noise_per_row_and_call(loaded, agent, na
     assert not np.array_equal(first, second)  # calls get new noise
 
 
+def test_each_load_of_an_export_draws_its_own_fresh_noise(export_dir, agent):
+    # Two server processes (or one after a restart) must not replay each other's noise: the
+    # noise key is drawn from the OS when a load initialises the export, for the TF2 loader and
+    # for the TF1 session loader that TF Serving uses.
+    observations = np.zeros([4, agent.obs_dim], np.float32)
+    first_calls = [tf.saved_model.load(export_dir).signatures["act_k1"](
+        observations=tf.constant(observations))["actions"].numpy() for _ in range(2)]
+    assert not np.array_equal(*first_calls)
+    session_calls = []
+    for _ in range(2):
+        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+            signature = meta_graph.signature_def["act_k1"]
+            session_calls.append(session.run(signature.outputs["actions"].name,
+                                             {signature.inputs["observations"].name: observations}))
+    assert not np.array_equal(*session_calls)
+
+
+def test_xla_export_is_verified_and_draws_noise_inside_the_compiled_function(agent, tmp_path):
+    # jit_compile: a plain signature is one XLA computation including its noise stream; the
+    # export's own verification (seeded parity with the agent, batch vs rows, TF1 loader) passes.
+    version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(1, 2),
+                                            best_of=((2, 3),), default_steps=2, jit_compile=True)
+    loaded = tf.saved_model.load(version_dir)
+    assert loaded.act_k2.concrete_functions[0].function_def.attr["_XlaMustCompile"].b
+    observations = tf.zeros([5, agent.obs_dim])
+    first = loaded.act_k2_best_of_3(observations)["actions"].numpy()
+    second = loaded.act_k2_best_of_3(observations)["actions"].numpy()
+    assert np.all(np.abs(first) <= 1) and not np.array_equal(first, second)
+    assert len({tuple(row) for row in first}) > 1
+
+
+def test_signatures_are_also_callable_functions_of_the_loaded_model(loaded, observations):
+    seeds = tf.constant(np.arange(len(observations)), tf.int64)
+    by_signature = loaded.signatures["act_k4_seeded"](observations=tf.constant(observations),
+                                                      seed=seeds)["actions"].numpy()
+    by_function = loaded.act_k4_seeded(tf.constant(observations), seeds)["actions"].numpy()
+    np.testing.assert_array_equal(by_function, by_signature)
+    assert loaded.act_k1(tf.constant(observations))["actions"].shape == observations.shape[:1] + (
+        by_signature.shape[1],)
+
+
 def test_warmup_file_holds_one_predict_log_per_signature(export_dir, loaded, agent):
     path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
