@@ -3,6 +3,7 @@
     python bench/bench_train_step.py                 # paper config: obs 28, action 5, batch 256, 4x512, M_BTT 8
     python bench/bench_train_step.py --quick         # 2 short windows per mode (smoke run)
     python bench/bench_train_step.py --jit=true --windows=9 --window_steps=50
+    python bench/bench_train_step.py --ceiling        # FLOPs per step and this CPU's matmul rate
 
 Each mode builds a fresh agent on one synthetic cube-single-sized batch held in memory (no input
 pipeline in the measurement), runs `--warmup` steps (tracing, XLA compilation, reported as
@@ -50,6 +51,60 @@ def synthetic_batch(batch_size: int, obs_dim: int, action_dim: int, seed: int = 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def step_gflop(args) -> float:
+    """Matmul GFLOP of one SORL update (multiply-adds x 2), averaged over k in step_counts.
+
+    F_a, F_c: one actor / critic-ensemble forward pass over the batch. A backward pass costs two
+    forwards (input and weight gradients). Per update: critic target = mean(k) F_a + F_c; critic
+    loss = 3 F_c; flow matching = 3 F_a; self-consistency = 2 F_a (target) + 3 F_a; Q loss =
+    3 mean(k) F_a (unroll and its backward) + 2 F_c (critic forward and input gradient).
+    """
+    from models.sampling import step_counts
+
+    b, h, depth = args.batch_size, args.width, args.depth
+    mean_k = sum(step_counts(args.m_btt)) / len(step_counts(args.m_btt))
+
+    def forward(inputs, outputs, members=1):
+        return 2 * members * b * (inputs * h + (depth - 1) * h * h + h * outputs)
+
+    actor = forward(args.obs_dim + args.action_dim + 2, args.action_dim)
+    critic = forward(args.obs_dim + args.action_dim + 1, 1, members=2)
+    flops = actor * (mean_k + 3 + 5 + 3 * mean_k) + critic * (1 + 3 + 2)
+    return flops / 1e9
+
+
+def matmul_gflops(rows: int, width: int, repeats: int = 20, runs: int = 7) -> float:
+    """Median GFLOP/s of a chain of [rows, width] x [width, width] matmuls in one XLA function."""
+    x = tf.random.normal([rows, width])
+    w = tf.random.normal([width, width]) / width**0.5
+
+    @tf.function(jit_compile=True)
+    def chain(x, w):
+        for _ in range(repeats):
+            x = tf.matmul(x, w)
+        return x
+
+    chain(x, w).numpy()
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        chain(x, w).numpy()
+        seconds.append((time.perf_counter() - started) / repeats)
+    return 2 * rows * width * width / statistics.median(seconds) / 1e9
+
+
+def ceiling(args) -> dict:
+    """The steps/s this CPU could reach if every FLOP of the update ran at its matmul rate."""
+    gflop = step_gflop(args)
+    rates = {rows: matmul_gflops(rows, args.width) for rows in (args.batch_size, 2 * args.batch_size)}
+    return {
+        "step_gflop": round(gflop, 2),
+        **{f"matmul_gflops_{rows}_rows": round(rate, 1) for rows, rate in rates.items()},
+        **{f"ceiling_steps_per_s_at_{rows}_rows": round(rate / gflop, 2) for rows, rate in rates.items()},
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def measure(jit_compile: bool, args) -> dict:
@@ -112,7 +167,12 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--m_btt", type=int, default=8)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only print FLOPs per step, the XLA matmul rate and the implied ceiling")
     args = parser.parse_args(argv)
+    if args.ceiling:
+        print(json.dumps(ceiling(args)), flush=True)
+        return
     if args.quick:
         args.windows, args.window_steps, args.warmup = 2, 5, 3
     modes = {"both": [True, False], "true": [True], "false": [False]}[args.jit]

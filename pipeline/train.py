@@ -68,6 +68,9 @@ def main(argv=None):
         )
     except (training.TrainingError, DataError) as e:
         sys.exit(f"train.py: {e}")
+    except training.TrainingInterrupted as e:
+        print(f"train.py: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signal_number)  # the shell's convention for "stopped by this signal"
 
 
 if __name__ == "__main__":

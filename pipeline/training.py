@@ -1,9 +1,10 @@
 """The SORL training job: data, agent, Keras `fit` loop, checkpoints, TensorBoard, evaluation, export.
 
-`pipeline/train.py` parses flags and calls `run_training`; tests call it too. The loop is one
-`agent.fit` call whose "epochs" are `config.log_every` gradient steps, so the agent's own XLA-compiled
+`pipeline/train.py` parses flags and calls `run_training`; tests call it too. The loop is
+`agent.fit` whose "epochs" are `config.log_every` gradient steps, so the agent's own XLA-compiled
 `train_step` runs untouched and everything periodic (logging, validation, checkpoints, evaluation)
-happens at epoch ends, at exact multiples of the step counts.
+happens at epoch ends, at exact multiples of the step counts. SIGINT or SIGTERM stops the run after
+the step in flight with a checkpoint of that step (TrainingInterrupted); the rerun resumes there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -28,6 +31,17 @@ EVAL_BUDGETS = (1, 2, 4, 8)  # SPEC 5: the evaluation reports every k in {1, 2, 
 DEFAULT_ARTIFACTS = Path("artifacts")  # relative to the working directory: data, runs, exports
 # Fields that may differ between a run and its resumption: they change how long or how often, not what.
 RESUMABLE_FIELDS = {"steps", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "jit_compile"}
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint of its last finished step."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: str):
+        self.signal_number, self.step, self.checkpoint = signal_number, step, checkpoint
+        super().__init__(
+            f"stopped by {signal.Signals(signal_number).name} at step {step}; saved {checkpoint}. "
+            "Rerun the same command to resume from there."
+        )
 
 
 class TrainingError(RuntimeError):
@@ -153,16 +167,31 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.metrics_csv = workdir / "metrics.csv"
         self.show_progress = show_progress
         self.failure: Optional[str] = None
+        self.interrupted: Optional[int] = None  # the signal number once SIGINT/SIGTERM asked to stop
         self._bar = None
         self._window_start = (time.perf_counter(), start_step)
+        self._run_start = self._window_start
 
     def on_train_begin(self, logs=None):
-        if self.show_progress:
+        if self.show_progress and self._bar is None:
             from tqdm import tqdm
 
             self._bar = tqdm(
                 total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True, desc="train", smoothing=0.05
             )
+
+    def request_stop(self, signal_number: int) -> None:
+        """Called from a signal handler: stop after the step in flight (train_step is not interrupted)."""
+        self.interrupted = signal_number
+        self.say(f"{signal.Signals(signal_number).name}: stopping after step {self.step + 1} and saving a "
+                 "checkpoint (send it again to stop at once, losing the steps since the last checkpoint)")
+
+    def say(self, line: str) -> None:
+        """A log line that does not break the progress bar."""
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
@@ -174,6 +203,8 @@ class TrainingMonitor(keras.callbacks.Callback):
                 + ", ".join(f"{k}={float(v)}" for k, v in sorted(bad.items()))
                 + f"; the last good checkpoint is {self.manager.latest_checkpoint}"
             )
+            self.model.stop_training = True
+        if self.interrupted is not None:
             self.model.stop_training = True
         if self._bar is not None:
             self._bar.update(1)
@@ -196,11 +227,25 @@ class TrainingMonitor(keras.callbacks.Callback):
             for name, value in logs.items():
                 tf.summary.scalar(name if not name.startswith("val_") else "val/" + name[4:], float(value))
         self._append_metrics(logs)
+        if self._bar is None:
+            self.say(self.progress_line(steps_per_s, logs))
         if self.config.checkpoint_every > 0 and self.step % self.config.checkpoint_every == 0:
             save_checkpoint(self.manager, self.step)
         if self.evaluate is not None and self.config.eval_every > 0 and self.step % self.config.eval_every == 0:
             self.run_evaluation()
         self.writer.flush()
+
+    def progress_line(self, steps_per_s: float, logs: dict) -> str:
+        """'step 1000/80000 (1.2%) 8.1 steps/s ETA 2:42:33 c/loss=... a/fm_loss=...' (logs without a bar)."""
+        remaining = max(self.config.steps - self.step, 0)
+        eta = time.strftime("%H:%M:%S", time.gmtime(remaining / steps_per_s)) if steps_per_s > 0 else "?"
+        losses = " ".join(
+            f"{k}={float(logs[k]):.4g}"
+            for k in ("critic/loss", "actor/fm_loss", "actor/sc_loss", "actor/q_loss", "critic/q_mean")
+            if k in logs
+        )
+        return (f"step {self.step}/{self.config.steps} ({100 * self.step / self.config.steps:.1f}%) "
+                f"{steps_per_s:.2f} steps/s ETA {eta} {losses}")
 
     def run_evaluation(self):
         rows = self.evaluate(self.step)
@@ -208,19 +253,16 @@ class TrainingMonitor(keras.callbacks.Callback):
             for r in rows:
                 tf.summary.scalar(f"eval/success_k{r['steps_k']}", r["success_rate"])
                 tf.summary.scalar(f"eval/return_k{r['steps_k']}", r["mean_return"])
-        if self._bar is not None:
-            self._bar.write(
-                f"step {self.step}: success "
-                + " ".join(f"k={r['steps_k']}:{100 * r['success_rate']:.0f}%" for r in rows)
-            )
+        self.say(f"step {self.step}: success " + " ".join(f"k={r['steps_k']}:{100 * r['success_rate']:.0f}%" for r in rows))
 
     def _append_metrics(self, logs: dict) -> None:
         row = {"step": self.step, **{k: float(v) for k, v in logs.items()}}
         append_csv_rows(self.metrics_csv, list(row), [row])
 
-    def on_train_end(self, logs=None):
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
         self.writer.flush()
 
 
@@ -353,36 +395,21 @@ def run_training(
         write_hparams(workdir, config)
         log(f"Training {config.env} task {config.task} for {config.steps} steps; run directory {workdir}.")
     start_step = int(step_variable.numpy())
-    if start_step % config.log_every:
-        raise TrainingError(
-            f"checkpoint step {start_step} in {workdir} is not a multiple of log_every={config.log_every}; "
-            "resume with the log_every the run was started with"
-        )
 
     eval_log = EvalLog(workdir)
     evaluate = make_environment_evaluator(agent, config, eval_log) if config.eval_episodes > 0 else None
     monitor = TrainingMonitor(config, workdir, manager, start_step, evaluate, show_progress=show_progress)
 
     if start_step < config.steps:
-        # A resumed run reshuffles with a new seed: data order is not checkpointed, the model state is.
-        train_ds = reader.make_dataset(
-            str(data_dir), split="train", task=config.task, batch_size=config.batch_size, seed=config.seed + start_step
-        )
         val_ds = reader.make_dataset(
             str(data_dir), split="val", task=config.task, batch_size=config.batch_size, seed=config.seed
         )
         wall = time.perf_counter()
-        agent.fit(
-            train_ds,
-            initial_epoch=start_step // config.log_every,
-            epochs=config.steps // config.log_every,
-            steps_per_epoch=config.log_every,
-            validation_data=val_ds,
-            validation_steps=validation_batches,
-            callbacks=[monitor],
-            shuffle=False,  # the reader shuffles (seeded); Keras would only warn that it cannot
-            verbose=0,
-        )
+        try:
+            with _stop_on_signals(monitor):
+                _fit(agent, config, data_dir, val_ds, monitor, start_step, validation_batches)
+        finally:
+            monitor.close()
         wall = time.perf_counter() - wall
         if monitor.failure:
             raise TrainingError(f"{workdir}: training stopped: {monitor.failure}")
@@ -390,6 +417,8 @@ def run_training(
             save_checkpoint(manager, int(step_variable.numpy()))
         steps_done = int(step_variable.numpy()) - start_step
         log(f"Trained {steps_done} steps in {wall:.1f} s ({steps_done / max(wall, 1e-9):.2f} steps/s).")
+        if monitor.interrupted is not None:
+            raise TrainingInterrupted(monitor.interrupted, int(step_variable.numpy()), manager.latest_checkpoint)
     else:
         log(f"{workdir} already holds {start_step} >= {config.steps} steps; nothing to train.")
 
@@ -402,6 +431,65 @@ def run_training(
         summary["export"] = export_saved_model(agent, str(workdir / "export"))
         log(f"Exported SavedModel to {summary['export']}.")
     return summary
+
+
+def _fit(agent, config: SORLConfig, data_dir: Path, val_ds, monitor: TrainingMonitor, start_step: int,
+         validation_batches: int) -> None:
+    """agent.fit from start_step to config.steps in "epochs" of log_every steps.
+
+    A run interrupted between log boundaries resumes with one short epoch back onto them. Each
+    fit call reshuffles the data with a seed from its first step: the data order is not
+    checkpointed, the model state is.
+    """
+    step = start_step
+    while step < config.steps and monitor.interrupted is None and not monitor.failure:
+        window = config.log_every
+        epoch_steps = window - step % window  # == window except right after an off-grid resume
+        train_ds = reader.make_dataset(
+            str(data_dir), split="train", task=config.task, batch_size=config.batch_size, seed=config.seed + step
+        )
+        agent.fit(
+            train_ds,
+            initial_epoch=step // window,
+            epochs=step // window + 1 if epoch_steps != window else config.steps // window,
+            steps_per_epoch=epoch_steps,
+            validation_data=val_ds,
+            validation_steps=validation_batches,
+            callbacks=[monitor],
+            shuffle=False,  # the reader shuffles (seeded); Keras would only warn that it cannot
+            verbose=0,
+        )
+        step = monitor.step
+
+
+class _stop_on_signals:
+    """While active, the first SIGINT/SIGTERM asks `monitor` to stop after the step in flight;
+    a second one is handled as usual (KeyboardInterrupt, or termination)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, monitor: TrainingMonitor):
+        self.monitor = monitor
+        self.previous = {}
+
+    def _handle(self, signal_number, frame):
+        if self.monitor.interrupted is None:
+            self.monitor.request_stop(signal_number)
+            return
+        self.__exit__()
+        if signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal_number)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:

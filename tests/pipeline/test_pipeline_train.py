@@ -97,6 +97,38 @@ def test_kill_loses_at_most_the_steps_since_the_last_checkpoint(cube_tfrecord_di
     assert f"(step {saved})" in resumed.stdout
 
 
+def test_sigterm_checkpoints_the_step_in_flight_and_the_rerun_resumes_there(cube_tfrecord_dir, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, str(TRAIN), "--env=cube", f"--data={cube_tfrecord_dir}", f"--workdir={workdir}", *TINY,
+           "--steps=100000", "--eval_episodes=0", "--checkpoint_every=100000", "--no_export", *NO_XLA]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (workdir / "metrics.csv").exists():
+            time.sleep(0.2)
+        time.sleep(0.5)  # somewhere inside a logging window, most likely not on its boundary
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "SIGTERM: stopping after step" in stdout
+    # No checkpoint was due (checkpoint_every=100000): the one there is the stop's own.
+    saved = [int(p.name.split("-")[1].split(".")[0]) for p in (workdir / "checkpoints").glob("ckpt-*.index")]
+    assert len(saved) == 1 and saved[0] >= 5
+    assert f"stopped by SIGTERM at step {saved[0]}" in stderr and "Rerun the same command" in stderr
+    # Progress lines without a bar: step, rate, ETA and losses every log_every steps.
+    assert "step 5/100000 (0.0%)" in stdout and "steps/s ETA" in stdout and "critic/loss=" in stdout
+
+    target = (saved[0] // 5 + 2) * 5  # the next log boundary but one
+    resumed = run_train(cube_tfrecord_dir, workdir, f"--steps={target}", "--eval_episodes=0", "--no_export",
+                        "--checkpoint_every=100000", *NO_XLA)
+    assert f"(step {saved[0]})" in resumed.stdout
+    steps = [int(line.split(",")[0]) for line in open(workdir / "metrics.csv").read().splitlines()[1:]]
+    assert steps[-2:] == [target - 5, target] and saved[0] in steps, steps  # back on the log grid
+
+
 def test_unknown_config_key_is_a_clear_error(cube_tfrecord_dir, tmp_path):
     proc = run_train(cube_tfrecord_dir, tmp_path / "run", "--steps=5", "--set", "q_los_coef=3", check=False)
     assert proc.returncode != 0 and "q_los_coef" in proc.stderr
