@@ -38,7 +38,8 @@ class ExportVerificationError(RuntimeError):
 
 
 class _PolicyModule(tf.Module):
-    """What the SavedModel holds: the tf.Variables the signatures read and their noise stream.
+    """What the SavedModel holds: the tf.Variables the signatures read (and an XLA export's
+    noise stream).
 
     Tracking the Keras models instead would export each Keras variable twice (Keras writes a
     copy of the tf.Variable it wraps into the SavedModel graph); the checkpoint then restores
@@ -48,9 +49,10 @@ class _PolicyModule(tf.Module):
     """
 
     def __init__(self, functions: Dict[str, tf.types.experimental.PolymorphicFunction],
-                 noise_stream: signatures_lib.NoiseStream):
+                 noise_stream: Optional[signatures_lib.NoiseStream] = None):
         super().__init__(name="sorl_policy")
-        self.noise_stream = noise_stream  # a resource: re-initialised (new OS key) on every load
+        if noise_stream is not None:  # a resource: re-initialised (new OS key) on every load
+            self.noise_stream = noise_stream
         for name, function in functions.items():
             # Also as attributes: `tf.saved_model.load(path).act_k1(observations)` calls the
             # function itself (one XLA launch for a jit_compile export); `.signatures[name]`
@@ -281,7 +283,7 @@ def export_saved_model(agent, model_base_path: str, version: Optional[int] = Non
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_base_path)
     try:
         os.chmod(tmp_dir, 0o755)  # mkdtemp's 0700 would hide the version from a server user
-        noise_stream = signatures_lib.NoiseStream()
+        noise_stream = signatures_lib.NoiseStream() if jit_compile else None
         functions = signatures_lib.make_signatures(agent, variants, obs_dim, action_dim,
                                                    jit_compile, noise_stream)
         tf.saved_model.save(_PolicyModule(functions, noise_stream), tmp_dir, signatures=functions)

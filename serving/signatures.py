@@ -32,13 +32,11 @@ Where the noise comes from:
 - seeded twins: TF's stateless normal kernel on (seed[i], SEED_SALT), drawn outside the
   XLA-compiled part even with jit_compile, because XLA's normal sampler gives other numbers than
   TF's kernel for the same seed (the seeded answers would depend on the export option);
-- plain signatures: a stateless normal keyed by a NoiseStream, an int64 [key, counter] resource
-  that the SavedModel re-initialises on every load (TF Serving runs it with the model's init op,
-  `tf.saved_model.load` when it restores): the key comes from the OS, so two server processes,
-  or one process after a restart, never replay each other's noise, and every call moves the
-  counter on. Unlike a host-side random op this lives inside the XLA computation, so a
-  jit_compile export answers a plain call with one compiled launch (a plain TF graph call costs
-  about 0.1 ms more on this project's CPU, see BENCHMARKS.md).
+- plain signatures (see fresh_noise): new noise on every call and in every process, so two
+  server processes, or one process after a restart, never replay each other's noise. Without
+  XLA it comes from TF's stateful sampler seeded by the OS; with jit_compile from a NoiseStream
+  inside the compiled function, so that a plain call is one XLA launch (a TF graph call in front
+  of it costs about 0.1 ms more on this project's CPU, see BENCHMARKS.md).
 """
 import dataclasses
 import uuid
@@ -105,14 +103,17 @@ def plan_signatures(budgets: Sequence[int], best_of: Sequence[Tuple[int, int]],
 
 
 class NoiseStream(tf.saved_model.experimental.TrackableResource):
-    """Per-process noise for the plain signatures: an int64 [key, counter] resource variable.
+    """Noise for XLA-compiled plain signatures: an int64 [key, counter] resource variable.
 
     The key is drawn from the OS when the resource is initialised, which a SavedModel does on
-    every load (it is a resource, like a lookup table, not a checkpointed variable); each call
-    reads [key, counter] as the seed of a stateless draw and adds 1 to the counter. Concurrent
-    calls may share a counter value (the read and the add are two ops); their noise is then
-    equal, never biased. The resource is not destroyed with this object (16 bytes), so a
-    concrete function kept without its tf.function keeps working.
+    every load (it is a resource, like a lookup table, not a checkpointed variable: TF Serving
+    runs its initialiser with the model's init op, `tf.saved_model.load` when it restores); each
+    call reads [key, counter] as the seed of a stateless draw and adds 1 to the counter. In an
+    XLA launch the read and the add are one compiled update of the variable (tests call it from
+    4 threads and see no two calls share noise); outside XLA they would be two ops that
+    concurrent calls could interleave, which is why fresh_noise uses TF's own sampler there.
+    The resource is not destroyed with this object (16 bytes), so a concrete function kept
+    without its tf.function keeps working.
     """
 
     def __init__(self):
@@ -137,6 +138,20 @@ class NoiseStream(tf.saved_model.experimental.TrackableResource):
         return tf.random.stateless_normal(tf.stack([batch, num_samples, action_dim]), seed=state)
 
 
+def fresh_noise(batch, num_samples: int, action_dim: int, noise_stream: Optional[NoiseStream],
+                compiled: bool):
+    """[batch, N, A] standard normal noise, different on every call and in every process.
+
+    compiled (inside an XLA function): from `noise_stream`. Otherwise TF's stateful sampler with
+    seed = seed2 = 0, which seeds itself from the OS when its kernel is made (once per load, even
+    if the exporting process had set a global seed) and advances under a lock on every call.
+    """
+    if compiled:
+        return noise_stream.noise(batch, num_samples, action_dim)
+    shape = tf.stack([batch, num_samples, action_dim])
+    return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0)
+
+
 def seeded_noise(seeds, num_samples: int, action_dim: int):
     """[batch, N, A] noise where row i depends only on seeds[i] (int64 [batch])."""
     def row_noise(seed):
@@ -148,7 +163,7 @@ def seeded_noise(seeds, num_samples: int, action_dim: int):
 
 
 def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, action_dim: int,
-                            noise_stream: NoiseStream, jit_compile: bool = False
+                            noise_stream: Optional[NoiseStream], jit_compile: bool = False
                             ) -> tf.types.experimental.PolymorphicFunction:
     """A tf.function with a fixed input signature that returns {"actions": [batch, A]} (and
     "steps_used" [batch] for the adaptive policy).
@@ -182,7 +197,8 @@ def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, acti
             observations_spec, tf.TensorSpec([None], tf.int64, name="seed")])
 
     def act_fresh(observations):
-        return sample(observations, noise_stream.noise(tf.shape(observations)[0], n, action_dim))
+        return sample(observations, fresh_noise(tf.shape(observations)[0], n, action_dim, noise_stream,
+                                                compiled=jit_compile))
 
     return tf.function(act_fresh, input_signature=[observations_spec], jit_compile=jit_compile)
 
@@ -192,10 +208,11 @@ def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, a
                     ) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
     """Signature name -> tf.function; serving_default shares act_k{default}'s function.
 
-    The plain signatures draw from `noise_stream` (a new NoiseStream if None); whatever saves
-    the functions must track it (serving/export.py's module does).
+    With jit_compile the plain signatures draw from `noise_stream` (a new NoiseStream if None);
+    whatever saves the functions must track it (serving/export.py's module does).
     """
-    noise_stream = NoiseStream() if noise_stream is None else noise_stream
+    if jit_compile and noise_stream is None:
+        noise_stream = NoiseStream()
     functions = {}
     for variant in variants:
         twin = variant_name(variant.steps, variant.num_samples, variant.seeded)

@@ -3,6 +3,7 @@ import os
 import pathlib
 import re
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -186,6 +187,33 @@ def test_xla_export_is_verified_and_draws_noise_inside_the_compiled_function(age
     second = loaded.act_k2_best_of_3(observations)["actions"].numpy()
     assert np.all(np.abs(first) <= 1) and not np.array_equal(first, second)
     assert len({tuple(row) for row in first}) > 1
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_concurrent_calls_never_share_noise(agent, tmp_path, jit_compile):
+    # TF Serving runs requests concurrently: each call must draw its own noise (the same
+    # observation from 4 threads x 150 calls gives 600 different actions).
+    version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(1,), best_of=(),
+                                            default_steps=1, jit_compile=jit_compile, verify=False)
+    function = tf.saved_model.load(version_dir).signatures["act_k1"]
+    observation = tf.zeros([1, agent.obs_dim])
+    actions, lock = [], threading.Lock()
+
+    def client():
+        got = [function(observations=observation)["actions"].numpy()[0] for _ in range(150)]
+        with lock:
+            actions.extend(got)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Equal noise gives equal actions; equal actions from different noise need every coordinate
+    # clipped to the same bound, so compare the actions with no clipped coordinate.
+    unclipped = [a.tobytes() for a in actions if np.all(np.abs(a) < 1.0)]
+    assert len(actions) == 600 and len(unclipped) >= 100
+    assert len(set(unclipped)) == len(unclipped)
 
 
 def test_signatures_are_also_callable_functions_of_the_loaded_model(loaded, observations):
