@@ -116,11 +116,11 @@ def run(args) -> List[dict]:
         served = os.path.dirname(export_dirs[args.server_export == "xla"])
         server = ModelServer("sorl", served, port=0, rest_api_port=0,
                              host="127.0.0.1", file_system_poll_wait_seconds=-1,
-                             max_batch_size=max(args.batch, 1)).start()
+                             max_batch_size=max(args.batches)).start()
         try:
             in_process = InProcess(agent, export_dirs, names)
             calls = dict(in_process.calls, **server_calls(server, names))
-            for batch in (1, args.batch):
+            for batch in args.batches:
                 observations = np.random.default_rng(0).normal(size=[batch, OBS_DIM])
                 observations = observations.astype(np.float32)
                 inputs = {mode: observations if mode in ("grpc", "rest")
@@ -154,7 +154,8 @@ def parse_args(argv):
     parser.add_argument("--small", action="store_true", help="64x64 nets (a quick smoke run)")
     parser.add_argument("--runs", type=int, default=5, help="runs per cell; the median is reported")
     parser.add_argument("--calls", type=int, default=200, help="calls per run")
-    parser.add_argument("--batch", type=int, default=256, help="the throughput batch size")
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")],
+                        default=[1, 256], help="batch sizes to measure (comma list)")
     parser.add_argument("--signatures", default="act_k1,act_k8,act_k8_best_of_4,act_k4_best_of_8")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--server_export", choices=("plain", "xla"), default="plain",
