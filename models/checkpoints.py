@@ -7,6 +7,7 @@ A checkpoint holds the whole agent (networks, targets, both optimizers, random-s
 under the name `agent`, plus the run's step counter under `step`.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -76,16 +77,21 @@ def make_checkpoint_manager(agent, workdir, step_variable, max_to_keep: int = 3)
     )
 
 
-def load_agent(workdir, checkpoint_path: Optional[str] = None) -> Tuple["SORLAgent", SORLConfig, int]:  # noqa: F821
+def load_agent(
+    workdir, checkpoint_path: Optional[str] = None, cap_step_level: Optional[bool] = None
+) -> Tuple["SORLAgent", SORLConfig, int]:  # noqa: F821
     """(agent, config, step) from a run directory: the latest checkpoint, or `checkpoint_path`.
 
     The agent is rebuilt from config.json and every saved variable is restored into it (an
     architecture that does not match the checkpoint raises an error naming the checkpoint).
+    `cap_step_level`, if given, replaces the run's setting of that inference-only field.
     """
     from models.sorl import SORLAgent  # here: checkpoints is imported by code that never builds agents
 
     run = read_run_config(workdir)
     config = config_from_dict(run["config"])
+    if cap_step_level is not None:
+        config = dataclasses.replace(config, cap_step_level=bool(cap_step_level))
     if checkpoint_path is None:
         directory = Path(workdir) / CHECKPOINT_DIR
         checkpoint_path = tf.train.latest_checkpoint(str(directory))

@@ -49,6 +49,9 @@ class SORLConfig:
     m_btt: int = 8  # Largest Euler unroll back-propagated through in training; a power of two.
     t_eps: float = 1e-5  # Interpolation epsilon: x_t = (1 - (1 - t_eps) t) x0 + t x1.
     inference_steps: int = 4  # Default Euler steps at inference (M_inf).
+    # Inference with k > m_disc: False feeds d = log2 k (SPEC section 4), a level never trained;
+    # True caps d at log2(m_disc), i.e. more, smaller steps of the flow-matching velocity.
+    cap_step_level: bool = False
 
     # Training loop (read by pipeline/train.py).
     batch_size: int = 256  # Global batch size (split across replicas under a strategy).

@@ -9,7 +9,7 @@ through every Euler step.
 """
 
 import math
-from typing import Callable, List, Union
+from typing import Callable, List, Optional, Union
 
 import tensorflow as tf
 
@@ -25,11 +25,22 @@ def step_counts(max_steps: int) -> List[int]:
     return counts
 
 
-def euler_sample(velocity_fn: VelocityFn, observations, noise, steps: int, clip: bool = True):
-    """k = `steps` Euler steps from `noise` [B, A]: a <- a + (1/k) v(s, a, i/k, log2 k), i = 0..k-1.
+def step_level(steps: int, max_level: Optional[float] = None) -> float:
+    """The step-size input d of a k-step unroll: log2 k, or at most `max_level` when given.
 
-    `steps` is a python int >= 1 (any k; d = log2 k is a float, integer for powers of two).
-    Returns actions [B, A], clipped to [-1, 1] unless clip=False.
+    max_level = log2(m_disc), the finest level trained (by flow matching), lets k > m_disc take
+    more, smaller steps of that velocity instead of feeding the network a level it never saw.
+    """
+    level = math.log2(int(steps))
+    return level if max_level is None else min(level, float(max_level))
+
+
+def euler_sample(velocity_fn: VelocityFn, observations, noise, steps: int, clip: bool = True,
+                 max_level: Optional[float] = None):
+    """k = `steps` Euler steps from `noise` [B, A]: a <- a + (1/k) v(s, a, i/k, d), i = 0..k-1.
+
+    `steps` is a python int >= 1 (any k); d = step_level(k, max_level), log2 k by default (a
+    float, integer for powers of two). Returns actions [B, A], clipped to [-1, 1] unless clip=False.
     """
     steps = int(steps)
     if steps < 1:
@@ -37,7 +48,7 @@ def euler_sample(velocity_fn: VelocityFn, observations, noise, steps: int, clip:
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.convert_to_tensor(noise, tf.float32)
     batch_size = tf.shape(observations)[0]
-    level = tf.fill([batch_size], math.log2(steps))
+    level = tf.fill([batch_size], step_level(steps, max_level))
     actions = noise
     for i in range(steps):
         times = tf.fill([batch_size], i / steps)
@@ -91,12 +102,14 @@ def best_of_n(candidates, scores):
 
 
 def sample_actions(
-    velocity_fn: VelocityFn, critic_fn: CriticFn, observations, noise, steps: int, q_agg: str = "mean"
+    velocity_fn: VelocityFn, critic_fn: CriticFn, observations, noise, steps: int, q_agg: str = "mean",
+    max_level: Optional[float] = None,
 ):
     """The policy: `steps` Euler steps from each of N noise samples, best by agg(Q(s, a, steps)).
 
-    observations [B, S]; noise [B, N, A] (N static); steps a python int. Returns actions [B, A] in
-    [-1, 1]. Row b uses only observations[b] and noise[b], so batched and single-row calls agree.
+    observations [B, S]; noise [B, N, A] (N static); steps a python int; max_level caps the step
+    level d (see step_level). Returns actions [B, A] in [-1, 1]. Row b uses only observations[b]
+    and noise[b], so batched and single-row calls agree.
     """
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.convert_to_tensor(noise, tf.float32)
@@ -104,11 +117,12 @@ def sample_actions(
     if num_samples is None:
         raise ValueError("noise must have a static number of samples N (shape [B, N, A]).")
     if num_samples == 1:
-        return euler_sample(velocity_fn, observations, noise[:, 0, :], steps)
+        return euler_sample(velocity_fn, observations, noise[:, 0, :], steps, max_level=max_level)
     batch_size = tf.shape(observations)[0]
     action_dim = noise.shape[-1]
     repeated_observations = tf.repeat(observations, num_samples, axis=0)  # row b * N + n
-    flat_candidates = euler_sample(velocity_fn, repeated_observations, tf.reshape(noise, (-1, action_dim)), steps)
+    flat_candidates = euler_sample(velocity_fn, repeated_observations, tf.reshape(noise, (-1, action_dim)), steps,
+                                   max_level=max_level)
     step_feature = tf.fill([batch_size * num_samples], float(steps))
     q = aggregate_q(critic_fn(repeated_observations, flat_candidates, step_feature), q_agg)
     candidates = tf.reshape(flat_candidates, (batch_size, num_samples, action_dim))

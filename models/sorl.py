@@ -371,7 +371,8 @@ class SORLAgent(keras.Model):
     def act(self, observations, steps: Optional[int] = None, num_samples: int = 1, noise=None, seed=None):
         """Actions [B, action_dim] in [-1, 1] for observations [B, obs_dim] (the one sampling path).
 
-        steps: python int k of Euler steps (default config.inference_steps; may exceed m_btt).
+        steps: python int k of Euler steps (default config.inference_steps; may exceed m_btt;
+            with config.cap_step_level the step level d stays at most log2(m_disc)).
         num_samples: python int N; N > 1 returns the candidate with the highest agg(Q(s, a, k)).
         noise: optional [B, N, A] (or [B, A] for N = 1) starting noise. Without it the noise is
         drawn from `seed` (int scalar, stateless) if given, else from the agent's act stream.
@@ -393,7 +394,10 @@ class SORLAgent(keras.Model):
                 raise ValueError(f"act: noise must have shape [batch, N, {self.action_dim}]; got {noise.shape}.")
             if num_samples != 1 and noise.shape[1] != num_samples:
                 raise ValueError(f"act: num_samples={num_samples} but noise has N={noise.shape[1]} samples.")
-        return sampling.sample_actions(self.actor, self.critic, observations, noise, steps, self.config.q_agg)
+        max_level = math.log2(self.config.m_disc) if self.config.cap_step_level else None
+        return sampling.sample_actions(
+            self.actor, self.critic, observations, noise, steps, self.config.q_agg, max_level=max_level
+        )
 
     def _act_noise(self, batch_size, num_samples: int, seed):
         shape = tf.stack([batch_size, num_samples, self.action_dim])

@@ -88,6 +88,9 @@ def parse_args(argv):
                    help="gymnasium vector env: one process (sync) or a worker per env (async)")
     p.add_argument("--episode_length", type=int, default=None, help="default: the environment's")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed: start states and policy noise")
+    p.add_argument("--cap_step_level", action="store_const", const=True, default=None,
+                   help="checkpoints: for k > m_disc keep the step level d at log2(m_disc) "
+                        "(more, smaller steps of the finest trained velocity) instead of log2 k")
     p.add_argument("--output", help="output directory (default: RUN/scaling, or artifacts/evaluate/NAME)")
     p.add_argument("--diagnostics", action="store_true",
                    help="also measure the critic: Q vs Monte-Carlo return, TD error on validation data")
@@ -119,10 +122,10 @@ def parse_args(argv):
 class CheckpointSource:
     """A training run's agent; every cell goes through agent.act."""
 
-    def __init__(self, workdir, checkpoint=None):
+    def __init__(self, workdir, checkpoint=None, cap_step_level=None):
         from models import checkpoints
 
-        self.agent, self.config, self.step = checkpoints.load_agent(str(workdir), checkpoint)
+        self.agent, self.config, self.step = checkpoints.load_agent(str(workdir), checkpoint, cap_step_level)
         self.workdir = Path(workdir)
         self.run_config = _read_json(self.workdir / "config.json")
         self.description = f"{workdir} (step {self.step})"
@@ -336,7 +339,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from pipeline import evaluation, scaling
 
     try:
-        source = CheckpointSource(args.workdir, args.checkpoint) if args.workdir else SavedModelSource(args.saved_model)
+        if args.saved_model and args.cap_step_level:
+            raise SystemExit("evaluate.py: --cap_step_level applies to --workdir checkpoints; an export "
+                             "fixes it when it is made (python serving/export.py --cap_step_level)")
+        source = (CheckpointSource(args.workdir, args.checkpoint, args.cap_step_level) if args.workdir
+                  else SavedModelSource(args.saved_model))
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"evaluate.py: {error}") from None
     env = args.env or _run_field(source.run_config, "env") or "cube-single-play"

@@ -30,7 +30,9 @@ from models.sorl import SORLAgent
 EVAL_BUDGETS = (1, 2, 4, 8)  # SPEC 5: the evaluation reports every k in {1, 2, 4, 8}
 DEFAULT_ARTIFACTS = Path("artifacts")  # relative to the working directory: data, runs, exports
 # Fields that may differ between a run and its resumption: they change how long or how often, not what.
-RESUMABLE_FIELDS = {"steps", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "jit_compile"}
+RESUMABLE_FIELDS = {
+    "steps", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "jit_compile", "cap_step_level",
+}
 
 
 class TrainingInterrupted(Exception):

@@ -342,6 +342,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="also export act_adaptive[_seeded] with this cap on k (power of two)")
     parser.add_argument("--adaptive_threshold", type=float, default=0.0,
                         help="relative Q gain that earns another doubling of k (act_adaptive)")
+    parser.add_argument("--cap_step_level", action="store_const", const=True, default=None,
+                        help="signatures with k > m_disc keep the step level d at log2(m_disc)")
     parser.add_argument("--no_verify", dest="verify", action="store_false",
                         help="publish without loading the export back and comparing it")
     return parser.parse_args(argv)
@@ -351,7 +353,7 @@ def main(argv: Sequence[str] = None) -> str:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from models import checkpoints  # the model package is only needed by the CLI
 
-    agent, _, step = checkpoints.load_agent(args.workdir, args.checkpoint)
+    agent, _, step = checkpoints.load_agent(args.workdir, args.checkpoint, args.cap_step_level)
     base_path = args.model_base_path or os.path.join(args.workdir, "export")
     version_dir = export_saved_model(agent, base_path, version=args.version,
                                      budgets=args.budgets, best_of=args.best_of,

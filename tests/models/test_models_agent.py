@@ -1,5 +1,7 @@
 """SORLAgent: one update checked against the pure losses + Adam by hand; targets, NaN guard, act, XLA."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -257,6 +259,21 @@ def test_act_is_the_sampler_and_best_of_n_uses_q_values():
     assert q.shape == (BATCH,)
     members = agent.critic(obs, candidates[0], tf.fill([BATCH], 4.0)).numpy()
     np.testing.assert_allclose(q.numpy(), members.mean(0), rtol=1e-6)
+
+
+def test_cap_step_level_changes_only_budgets_beyond_m_disc():
+    plain = SORLAgent(small_config(), OBS_DIM, ACTION_DIM)
+    capped = SORLAgent(small_config("cap_step_level=true"), OBS_DIM, ACTION_DIM)
+    networks.copy_weights(plain.actor, capped.actor)
+    obs = tf.constant(make_batch()["observations"])
+    noise = tf.random.stateless_normal([BATCH, ACTION_DIM], seed=[2, 2])
+    m_disc = capped.config.m_disc
+    for steps in (1, m_disc):
+        np.testing.assert_array_equal(capped.act(obs, steps=steps, noise=noise).numpy(),
+                                      plain.act(obs, steps=steps, noise=noise).numpy())
+    want = sampling.euler_sample(plain.actor, obs, noise, 2 * m_disc, max_level=math.log2(m_disc))
+    np.testing.assert_array_equal(capped.act(obs, steps=2 * m_disc, noise=noise).numpy(), want.numpy())
+    assert not np.array_equal(plain.act(obs, steps=2 * m_disc, noise=noise).numpy(), want.numpy())
 
 
 def test_act_traces_with_a_symbolic_batch():

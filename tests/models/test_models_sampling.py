@@ -40,6 +40,17 @@ def test_times_and_level_passed_to_the_network(k):
     np.testing.assert_allclose(by_level.numpy(), math.log2(k), atol=1e-6)
 
 
+@pytest.mark.parametrize("k, max_level, want", [(4, 3.0, 2.0), (8, 3.0, 3.0), (16, 3.0, 3.0), (32, 3.0, 3.0),
+                                                 (16, None, 4.0)])
+def test_step_level_cap_keeps_long_unrolls_at_the_finest_trained_level(k, max_level, want):
+    obs = np.zeros((2, 1), np.float32)
+    x0 = np.zeros((2, 1), np.float32)
+    # v = d over k steps of size 1/k: x_k = d.
+    got = sampling.euler_sample(lambda s, x, t, d: d[:, None] + 0 * x, obs, x0, k, clip=False, max_level=max_level)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    assert sampling.step_level(k, max_level) == want
+
+
 def test_output_is_clipped_to_the_action_box():
     x0 = np.array([[0.5, -0.5]], np.float32)
     out = sampling.euler_sample(linear_velocity(0.0, 3.0), np.zeros((1, 1), np.float32), x0, 2).numpy()
