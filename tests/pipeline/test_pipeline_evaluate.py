@@ -88,6 +88,12 @@ def test_saved_model_without_the_budget_is_a_clear_error(run_dir, tmp_path):
                        "--adaptive_threshold=0", "--episodes=1", f"--output={tmp_path}"])
 
 
+def test_cap_step_level_is_for_checkpoints_only(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--cap_step_level applies to --workdir.*export.py --cap_step_level"):
+        evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--steps=16", "--candidates=1",
+                       "--cap_step_level", f"--output={tmp_path}"])
+
+
 def test_diagnostics_q_against_returns_and_td_error(run_dir, cube_tfrecord_dir, tmp_path):
     out = tmp_path / "diag"
     evaluate.main([f"--workdir={run_dir}", "--diagnostics_only", "--task=2", "--episodes=2", "--num_envs=2",

@@ -330,3 +330,22 @@ def test_cli_exports_the_latest_checkpoint_of_a_run(agent_factory, expected, obs
     got = loaded.signatures["act_k2_seeded"](observations=tf.constant(observations),
                                              seed=tf.constant(seeds))["actions"].numpy()
     np.testing.assert_allclose(got, expected(trained, observations, seeds, 2, 1), atol=1e-5)
+
+
+def test_cli_cap_step_level_applies_to_budgets_beyond_m_disc(agent_factory, observations, tmp_path):
+    from models import checkpoints
+    from models.sampling import euler_sample
+    trained = agent_factory(seed=6)
+    workdir = str(tmp_path / "run")
+    checkpoints.write_run_config(workdir, trained.config, trained.obs_dim, trained.action_dim)
+    checkpoints.make_checkpoint_manager(trained, workdir, tf.Variable(1, dtype=tf.int64)).save(checkpoint_number=1)
+    k = 2 * trained.config.m_disc
+    version_dir = export.main([f"--workdir={workdir}", f"--model_base_path={tmp_path / 'models'}",
+                               f"--budgets={k}", "--best_of=", f"--default_steps={k}", "--cap_step_level"])
+    seeds = np.arange(len(observations), dtype=np.int64)
+    got = tf.saved_model.load(version_dir).signatures[f"act_k{k}_seeded"](
+        observations=tf.constant(observations), seed=tf.constant(seeds))["actions"].numpy()
+    noise = signatures.seeded_noise(tf.constant(seeds), 1, trained.action_dim)[:, 0, :]
+    capped = euler_sample(trained.actor, observations, noise, k, max_level=np.log2(trained.config.m_disc))
+    np.testing.assert_allclose(got, capped.numpy(), atol=1e-5)
+    assert not np.allclose(got, euler_sample(trained.actor, observations, noise, k).numpy(), atol=1e-5)
