@@ -172,7 +172,6 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.interrupted: Optional[int] = None  # the signal number once SIGINT/SIGTERM asked to stop
         self._bar = None
         self._window_start = (time.perf_counter(), start_step)
-        self._run_start = self._window_start
 
     def on_train_begin(self, logs=None):
         if self.show_progress and self._bar is None:
@@ -239,8 +238,11 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def progress_line(self, steps_per_s: float, logs: dict) -> str:
         """'step 1000/80000 (1.2%) 8.1 steps/s ETA 2:42:33 c/loss=... a/fm_loss=...' (logs without a bar)."""
+        from tqdm import tqdm
+
         remaining = max(self.config.steps - self.step, 0)
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining / steps_per_s)) if steps_per_s > 0 else "?"
+        # tqdm's own formatter (the bar's): hours past 24 stay hours, where strftime would wrap.
+        eta = tqdm.format_interval(remaining / steps_per_s) if steps_per_s > 0 else "?"
         losses = " ".join(
             f"{k}={float(logs[k]):.4g}"
             for k in ("critic/loss", "actor/fm_loss", "actor/sc_loss", "actor/q_loss", "critic/q_mean")

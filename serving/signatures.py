@@ -118,7 +118,7 @@ class NoiseStream(tf.saved_model.experimental.TrackableResource):
 
     def __init__(self):
         super().__init__()
-        self._init_op = self._initialize()  # in eager mode, initialise now
+        self._initialize()  # in eager mode this runs now; a loaded SavedModel runs it on load
 
     def _create_resource(self):
         return tf.raw_ops.VarHandleOp(dtype=tf.int64, shape=[2],
