@@ -12,11 +12,17 @@ For each signature: latency at batch 1 and throughput at batch 256 (rows/s), med
   saved_model_xla  the same for an export made with jit_compile=True
   saved_model_fn_xla  that export's function attribute, tf.saved_model.load(...).<name>
                    (skips the signature's graph wrapper: one XLA launch per call)
+  saved_model_direct_xla  serving.signatures.loaded_function(loaded, name): that attribute's
+                   concrete function (skips tf.function's dispatch too); what serving/server.py
+                   and evaluate.py --saved_model call
   grpc, rest       serving/server.py on 127.0.0.1 (PredictionService.Predict; POST :predict),
                    serving the plain export (--server_export=xla for the XLA one)
 Weights are random (latency does not depend on training). In-process inputs are prepared
 tensors; the server rows include request encoding and decoding on the client side.
-Targets at batch 1 in process (paper config): 0.12 ms k=1, 0.37 ms k=8, 1.2 ms k=8 best-of-4.
+The target at batch 1 in process (issue 4) is the authors' JAX sampler on the same CPU: pass
+--reference_json=FILE (written by bench/bench_reference_jax.py --json=FILE on this machine) to
+print it next to each row; without it the rows show the issue's figures (0.12 ms k=1, 0.37 ms
+k=8, 1.2 ms k=8 best-of-4), which were taken on another machine (see BENCHMARKS.md).
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
@@ -27,7 +33,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,15 +42,29 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+from bench.results import write_json  # noqa: E402
 from models.config import get_config  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
 from serving import export, signatures  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 28, 5  # cube-single
-TARGETS_MS = {"act_k1": 0.12, "act_k8": 0.37, "act_k8_best_of_4": 1.2}
+ISSUE_FIGURES_MS = {"act_k1": 0.12, "act_k8": 0.37, "act_k8_best_of_4": 1.2}  # another machine's
+
+
+def load_targets(reference_json: Optional[str]) -> Tuple[Dict[str, float], str]:
+    """(signature -> ms, label): the JAX reference measured here, or the issue's figures."""
+    if reference_json is None:
+        return ISSUE_FIGURES_MS, "issue's figure"
+    with open(reference_json) as f:
+        measured = json.load(f).get("latency_ms")
+    if not measured:
+        raise SystemExit(f"--reference_json={reference_json}: no 'latency_ms' in it; write it with "
+                         "bench/bench_reference_jax.py --mode=latency --json=FILE")
+    return measured, "JAX reference here"
+
 MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla",
-         "saved_model_fn_xla", "grpc", "rest")
+         "saved_model_fn_xla", "saved_model_direct_xla", "grpc", "rest")
 
 
 def time_calls(call: Callable[[], object], runs: int, calls: int, warmup: int = 5) -> List[float]:
@@ -80,6 +100,9 @@ class InProcess:
                 for name in names}
         self.calls["saved_model_fn_xla"] = {
             name: (lambda x, f=getattr(self.loaded[True], name): f(x)) for name in names}
+        self.calls["saved_model_direct_xla"] = {
+            name: (lambda x, f=signatures.loaded_function(self.loaded[True], name): f(observations=x))
+            for name in names}
 
 
 def server_calls(server: ModelServer, names: Sequence[str]) -> Dict[str, Dict[str, Callable]]:
@@ -108,6 +131,7 @@ def run(args) -> List[dict]:
     agent = SORLAgent(get_config("cube", overrides), OBS_DIM, ACTION_DIM)
     names = args.signatures.split(",")
     modes = args.modes.split(",")
+    targets, target_source = load_targets(args.reference_json)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export_dirs = {jit: export.export_saved_model(
@@ -133,18 +157,18 @@ def run(args) -> List[dict]:
                         rows.append(dict(mode=mode, signature=name, batch=batch,
                                          ms_per_call=seconds * 1e3, rows_per_s=batch / seconds,
                                          runs=args.runs, calls=args.calls))
-                        print_row(rows[-1], args.small)
+                        print_row(rows[-1], args.small, targets, target_source)
         finally:
             server.stop()
     return rows
 
 
-def print_row(row: dict, small: bool):
-    target = TARGETS_MS.get(row["signature"]) if row["batch"] == 1 else None
+def print_row(row: dict, small: bool, targets: Dict[str, float], target_source: str):
+    target = targets.get(row["signature"]) if row["batch"] == 1 else None
     note = ""
     if target is not None and row["mode"] in ("concrete", "concrete_xla", "tf.function",
-                                              "saved_model_fn_xla"):
-        note = f"  (target {target} ms{', paper nets only' if small else ''})"
+                                              "saved_model_fn_xla", "saved_model_direct_xla"):
+        note = f"  ({target_source} {target} ms{', paper nets only' if small else ''})"
     print(f"{row['mode']:>16} {row['signature']:>18} batch {row['batch']:>4}: "
           f"{row['ms_per_call']:8.3f} ms/call {row['rows_per_s']:10.0f} rows/s{note}", flush=True)
 
@@ -161,6 +185,8 @@ def parse_args(argv):
     parser.add_argument("--server_export", choices=("plain", "xla"), default="plain",
                         help="which export the gRPC/REST rows serve (jit_compile off / on)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--reference_json", default=None,
+                        help="bench_reference_jax.py's --json output: the batch-1 targets to print")
     return parser.parse_args(argv)
 
 
@@ -171,11 +197,7 @@ def main(argv=None):
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
     rows = run(args)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python bench/bench_train_step.py --quick         # 2 short windows per mode (smoke run)
     python bench/bench_train_step.py --jit=true --windows=9 --window_steps=50
     python bench/bench_train_step.py --ceiling        # FLOPs per step and this CPU's matmul rate
+    (bench/fma_peak.c measures the CPU's float32 FMA peak, the bound above any matmul rate;
+    bench/bench_reference_jax.py times the authors' JAX update on the same machine)
 
 Each mode builds a fresh agent on one synthetic cube-single-sized batch held in memory (no input
 pipeline in the measurement), runs `--warmup` steps (tracing, XLA compilation, reported as

@@ -586,6 +586,8 @@ def make_saved_model_policy(saved_model_dir, signature: str = "serving_default",
     is, with fresh noise per call. A signature with a `steps_used` output is the adaptive policy
     (`max_steps`: its cap, for the cost accounting). `loaded`: the already loaded SavedModel.
     """
+    from serving.signatures import loaded_function
+
     model = loaded if loaded is not None else load_saved_model(saved_model_dir)
     available = sorted(model.signatures.keys())
     if signature not in model.signatures and f"{signature}_seeded" not in model.signatures:
@@ -597,9 +599,9 @@ def make_saved_model_policy(saved_model_dir, signature: str = "serving_default",
     seeded_name = signature if signature.endswith("_seeded") else f"{signature}_seeded"
     name = f"{saved_model_dir}:{signature}"
     if seeded_name not in model.signatures:
-        return UnseededPolicy(model.signatures[signature], name)
+        return UnseededPolicy(loaded_function(model, signature), name)
 
-    fn = model.signatures[seeded_name]
+    fn = loaded_function(model, seeded_name)
 
     def act(observations, seeds):
         return fn(observations=observations, seed=seeds)

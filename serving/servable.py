@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving import validation
+from serving.signatures import loaded_function
 from serving.validation import NOT_FOUND, RequestError, SignatureSpec, TensorSpec
 
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
@@ -83,7 +84,7 @@ class Servable:
         self.meta_graph = read_serving_meta_graph(path)
         self.signatures = signature_specs(self.meta_graph)
         self._loaded = tf.saved_model.load(path)
-        self._functions = {name: self._loaded.signatures[name] for name in self.signatures}
+        self._functions = {name: loaded_function(self._loaded, name) for name in self.signatures}
 
     def signature(self, name: str) -> SignatureSpec:
         """The spec of signature `name` ('' means serving_default); RequestError if unknown."""

@@ -222,3 +222,32 @@ def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, a
             functions[variant.name] = make_signature_function(agent, variant, obs_dim, action_dim,
                                                               noise_stream, jit_compile)
     return functions
+
+
+def loaded_function(loaded, name: str):
+    """Signature `name` of a `tf.saved_model.load`ed model, called the fastest way it can be.
+
+    Returns a callable taking the signature's inputs as keyword arguments and returning its
+    outputs as a dict by alias, like `loaded.signatures[name]`. This project's exports also save
+    every signature's function as a module attribute (serving/export.py); the concrete function
+    behind it runs that function directly (one XLA launch for a jit_compile export), where
+    `loaded.signatures[name]` first goes through a graph wrapper and `loaded.<name>(...)` through
+    tf.function's dispatch, each about 0.12 ms per call on this project's CPU (BENCHMARKS.md).
+    Any other SavedModel, or an attribute whose inputs or outputs differ from the SignatureDef's,
+    gets the signature itself.
+    """
+    signature = loaded.signatures[name]
+    concrete = getattr(getattr(loaded, name, None), "concrete_functions", None)
+    if not concrete or len(concrete) != 1:
+        return signature
+    concrete = concrete[0]
+    args, kwargs = concrete.structured_input_signature
+    inputs = {spec.name: spec for spec in list(args) + list(kwargs.values())}
+    wanted = signature.structured_input_signature[1]
+    outputs = concrete.structured_outputs
+    if (set(inputs) != set(wanted)
+            or any(inputs[alias].dtype != spec.dtype or inputs[alias].shape != spec.shape
+                   for alias, spec in wanted.items())
+            or not isinstance(outputs, dict) or set(outputs) != set(signature.structured_outputs)):
+        return signature
+    return concrete

@@ -226,6 +226,45 @@ def test_signatures_are_also_callable_functions_of_the_loaded_model(loaded, obse
         by_signature.shape[1],)
 
 
+def test_loaded_function_calls_the_attribute_directly_and_answers_like_the_signature(
+        loaded, observations):
+    # What the server and evaluate.py --saved_model call: the attribute's concrete function,
+    # not the signature's graph wrapper, with the signature's keyword inputs and dict outputs.
+    seeds = tf.constant(np.arange(len(observations)), tf.int64)
+    for name in sorted(ALL_SIGNATURES):
+        function = signatures.loaded_function(loaded, name)
+        assert function is getattr(loaded, name).concrete_functions[0], name
+    inputs = dict(observations=tf.constant(observations), seed=seeds)
+    got = signatures.loaded_function(loaded, "act_k4_best_of_8_seeded")(**inputs)
+    want = loaded.signatures["act_k4_best_of_8_seeded"](**inputs)
+    assert set(got) == set(want) == {"actions"}
+    np.testing.assert_array_equal(got["actions"].numpy(), want["actions"].numpy())
+
+
+def test_loaded_function_falls_back_to_the_signature(tmp_path):
+    # A SavedModel with signatures only, and one whose attribute of the same name takes other
+    # inputs than its SignatureDef: both are called through .signatures[name].
+    spec = tf.TensorSpec([None, 3], tf.float32, name="observations")
+    module = tf.Module()
+    module.double = tf.function(lambda observations: {"actions": 2.0 * observations},
+                                input_signature=[spec])
+    module.other = tf.function(lambda x: {"actions": x + 1.0},
+                               input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "attributes"),
+                        signatures={"double": module.double, "other": module.double})
+    tf.saved_model.save(tf.Module(), str(tmp_path / "plain"), signatures={
+        "double": module.double.get_concrete_function()})
+    with_attributes = tf.saved_model.load(str(tmp_path / "attributes"))
+    plain = tf.saved_model.load(str(tmp_path / "plain"))
+    assert signatures.loaded_function(with_attributes, "double") is (
+        with_attributes.double.concrete_functions[0])
+    for loaded_model, name in ((with_attributes, "other"), (plain, "double")):
+        function = signatures.loaded_function(loaded_model, name)
+        assert function is loaded_model.signatures[name]
+        np.testing.assert_array_equal(
+            function(observations=tf.ones([2, 3]))["actions"].numpy(), np.full([2, 3], 2.0))
+
+
 def test_warmup_file_holds_one_predict_log_per_signature(export_dir, loaded, agent):
     path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
