@@ -283,7 +283,7 @@ def export_saved_model(agent, model_base_path: str, version: Optional[int] = Non
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_base_path)
     try:
         os.chmod(tmp_dir, 0o755)  # mkdtemp's 0700 would hide the version from a server user
-        noise_stream = signatures_lib.NoiseStream() if jit_compile else None
+        noise_stream = signatures_lib.new_noise_stream(jit_compile)
         functions = signatures_lib.make_signatures(agent, variants, obs_dim, action_dim,
                                                    jit_compile, noise_stream)
         tf.saved_model.save(_PolicyModule(functions, noise_stream), tmp_dir, signatures=functions)

@@ -138,6 +138,12 @@ class NoiseStream(tf.saved_model.experimental.TrackableResource):
         return tf.random.stateless_normal(tf.stack([batch, num_samples, action_dim]), seed=state)
 
 
+def new_noise_stream(jit_compile: bool) -> Optional[NoiseStream]:
+    """What an export's plain signatures draw from: a NoiseStream when they are XLA-compiled,
+    None (TF's own OS-seeded sampler, see fresh_noise) otherwise."""
+    return NoiseStream() if jit_compile else None
+
+
 def fresh_noise(batch, num_samples: int, action_dim: int, noise_stream: Optional[NoiseStream],
                 compiled: bool):
     """[batch, N, A] standard normal noise, different on every call and in every process.
@@ -211,8 +217,8 @@ def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, a
     With jit_compile the plain signatures draw from `noise_stream` (a new NoiseStream if None);
     whatever saves the functions must track it (serving/export.py's module does).
     """
-    if jit_compile and noise_stream is None:
-        noise_stream = NoiseStream()
+    if noise_stream is None:
+        noise_stream = new_noise_stream(jit_compile)
     functions = {}
     for variant in variants:
         twin = variant_name(variant.steps, variant.num_samples, variant.seeded)
