@@ -323,6 +323,31 @@ def local_beam_args() -> list[str]:
     return [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
 
 
+def check_dataset_matches(config: SORLConfig, data_dir, metadata: dict) -> None:
+    """TrainingError unless the dataset has rewards for config.task and comes from config.env.
+
+    Training reads the rewards of OGBench task `config.task` ('task{n}') and evaluates in the env
+    family's OGBench environment, so a dataset of another family, or one that stores only its
+    source's own rewards (a Minari dataset not recorded in an OGBench env), cannot train this run.
+    """
+    path = Path(data_dir) / "metadata.json"
+    keys = list(metadata["reward_keys"])
+    wanted = f"task{config.task}"
+    if wanted not in keys:
+        tasks = [key for key in keys if key.startswith("task")]
+        hint = (f"pick --task from {[int(key[4:]) for key in tasks]}" if tasks else
+                "this dataset stores only its source's own rewards; train.py trains OGBench task rewards "
+                "(it evaluates in the OGBench env). Minari episodes recorded in an OGBench env (with "
+                "infos['qpos']) get task rewards from preprocess.py --env=FAMILY")
+        raise TrainingError(f"{path}: field 'reward_keys' is {keys}, with no '{wanted}' for --task={config.task}: "
+                            f"{hint}.")
+    data_env = metadata.get("env")
+    if data_env is not None and envs.resolve_env(data_env).name != config.env:
+        raise TrainingError(f"{path}: field 'env' is {data_env!r} but this run's env is {config.env!r}: the agent "
+                            f"would be evaluated in another env than its data's. Pass --env={data_env} or "
+                            "--data of that env.")
+
+
 def ensure_dataset(config: SORLConfig, data_arg: Optional[str], generate_episodes: Optional[int] = None) -> Path:
     """The prepared TFRecord directory for the run, made on first use.
 
@@ -331,7 +356,8 @@ def ensure_dataset(config: SORLConfig, data_arg: Optional[str], generate_episode
     oracles (cube-single, cube-double) and convert it with the Beam job.
     """
     if data_arg:
-        reader.load_metadata(data_arg)  # a clear error now beats one after the agent is built
+        # A clear error now beats one after the agent is built.
+        check_dataset_matches(config, data_arg, reader.load_metadata(data_arg))
         return Path(data_arg)
     family = envs.resolve_env(config.env)
     dataset = family.dataset_name

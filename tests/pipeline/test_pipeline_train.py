@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "pipeline" / "train.py"
@@ -132,6 +134,30 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_rerun_resumes_there(cube
 def test_unknown_config_key_is_a_clear_error(cube_tfrecord_dir, tmp_path):
     proc = run_train(cube_tfrecord_dir, tmp_path / "run", "--steps=5", "--set", "q_los_coef=3", check=False)
     assert proc.returncode != 0 and "q_los_coef" in proc.stderr
+
+
+def test_data_of_another_env_is_refused_before_training(cube_tfrecord_dir, tmp_path):
+    # cube-single data with --env=scene: the agent would be evaluated in another env than its data.
+    proc = run_train(cube_tfrecord_dir, tmp_path / "run", "--steps=5", "--env=scene", check=False)
+    assert proc.returncode != 0
+    assert f"{cube_tfrecord_dir / 'metadata.json'}: field 'env' is 'cube-single-play'" in proc.stderr
+    assert "'scene-play'" in proc.stderr and "--env=cube-single-play" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_without_the_tasks_rewards_is_refused(tmp_path):
+    from models.config import get_config
+    from pipeline import training
+
+    config = get_config("cube", ["task=3"])
+    with pytest.raises(training.TrainingError) as error:  # a Minari dataset's own rewards only
+        training.check_dataset_matches(config, tmp_path, {"reward_keys": ["default"], "env": None})
+    assert f"{tmp_path / 'metadata.json'}: field 'reward_keys' is ['default'], with no 'task3'" in str(error.value)
+    assert "preprocess.py --env=FAMILY" in str(error.value)
+    with pytest.raises(training.TrainingError, match=r"pick --task from \[1, 2\]"):
+        training.check_dataset_matches(config, tmp_path, {"reward_keys": ["task1", "task2"],
+                                                           "env": "cube-single-play"})
+    training.check_dataset_matches(config, tmp_path, {"reward_keys": ["task3"], "env": "cube-single-play"})
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
