@@ -561,9 +561,10 @@ class UnseededPolicy:
 
     row_seeded = False
 
-    def __init__(self, fn, name):
+    def __init__(self, fn, name, model=None):
         self._fn = fn
         self.name = name
+        self.model = model  # keeps the loaded SavedModel (and its variables) alive
 
     def __call__(self, observations):
         import tensorflow as tf
@@ -599,7 +600,7 @@ def make_saved_model_policy(saved_model_dir, signature: str = "serving_default",
     seeded_name = signature if signature.endswith("_seeded") else f"{signature}_seeded"
     name = f"{saved_model_dir}:{signature}"
     if seeded_name not in model.signatures:
-        return UnseededPolicy(loaded_function(model, signature), name)
+        return UnseededPolicy(loaded_function(model, signature), name, model=model)
 
     fn = loaded_function(model, seeded_name)
 
