@@ -32,7 +32,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-from bench.results import write_json  # noqa: E402  (plain Python: runs in the JAX venv too)
+from bench.common import time_calls, write_json  # noqa: E402  (plain Python: runs in the JAX venv too)
 
 
 def synthetic_batch(rng, batch_size: int, obs_dim: int, action_dim: int):
@@ -102,14 +102,7 @@ def latencies(agent, obs_dim: int, runs: int, calls: int) -> dict:
             return agent.sample_actions(observations, seed=key, inference_timesteps=steps,
                                         n=candidates).block_until_ready()
 
-        for _ in range(20):
-            call()
-        per_run = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            for _ in range(calls):
-                call()
-            per_run.append((time.perf_counter() - start) / calls * 1e3)
+        per_run = [seconds * 1e3 for seconds in time_calls(call, runs, calls, warmup=20)]
         name = f"act_k{steps}" + (f"_best_of_{candidates}" if candidates > 1 else "")
         result[name] = round(statistics.median(per_run), 3)
         print(f"{name:>18} batch 1: {result[name]:.3f} ms/call (runs {[round(r, 3) for r in per_run]})",

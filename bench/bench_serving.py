@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from bench.results import write_json  # noqa: E402
+from bench.common import time_calls, write_json  # noqa: E402
 from models.config import get_config  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
 from serving import export, signatures  # noqa: E402
@@ -65,19 +64,6 @@ def load_targets(reference_json: Optional[str]) -> Tuple[Dict[str, float], str]:
 
 MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla",
          "saved_model_fn_xla", "saved_model_direct_xla", "grpc", "rest")
-
-
-def time_calls(call: Callable[[], object], runs: int, calls: int, warmup: int = 5) -> List[float]:
-    """Mean seconds per call of each run (after `warmup` untimed calls)."""
-    for _ in range(warmup):
-        call()
-    per_run = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        per_run.append((time.perf_counter() - start) / calls)
-    return per_run
 
 
 class InProcess:
