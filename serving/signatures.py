@@ -248,7 +248,11 @@ def loaded_function(loaded, name: str):
         return signature
     concrete = concrete[0]
     args, kwargs = concrete.structured_input_signature
-    inputs = {spec.name: spec for spec in list(args) + list(kwargs.values())}
+    specs = list(args) + list(kwargs.values())
+    parameters = list(concrete.function_type.parameters)  # the keywords it is called with
+    if len(parameters) != len(specs):
+        return signature
+    inputs = dict(zip(parameters, specs))
     wanted = signature.structured_input_signature[1]
     outputs = concrete.structured_outputs
     if (set(inputs) != set(wanted)

@@ -242,23 +242,25 @@ def test_loaded_function_calls_the_attribute_directly_and_answers_like_the_signa
 
 
 def test_loaded_function_falls_back_to_the_signature(tmp_path):
-    # A SavedModel with signatures only, and one whose attribute of the same name takes other
-    # inputs than its SignatureDef: both are called through .signatures[name].
+    # A SavedModel with signatures only, and attributes of the same name that take other inputs,
+    # or other keywords, than their SignatureDef: all are called through .signatures[name].
     spec = tf.TensorSpec([None, 3], tf.float32, name="observations")
     module = tf.Module()
     module.double = tf.function(lambda observations: {"actions": 2.0 * observations},
                                 input_signature=[spec])
     module.other = tf.function(lambda x: {"actions": x + 1.0},
                                input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-    tf.saved_model.save(module, str(tmp_path / "attributes"),
-                        signatures={"double": module.double, "other": module.double})
+    module.renamed = tf.function(lambda x: {"actions": 2.0 * x}, input_signature=[spec])
+    tf.saved_model.save(module, str(tmp_path / "attributes"), signatures={
+        "double": module.double, "other": module.double, "renamed": module.renamed})
     tf.saved_model.save(tf.Module(), str(tmp_path / "plain"), signatures={
         "double": module.double.get_concrete_function()})
     with_attributes = tf.saved_model.load(str(tmp_path / "attributes"))
     plain = tf.saved_model.load(str(tmp_path / "plain"))
     assert signatures.loaded_function(with_attributes, "double") is (
         with_attributes.double.concrete_functions[0])
-    for loaded_model, name in ((with_attributes, "other"), (plain, "double")):
+    # "renamed": its Python argument is x, its SignatureDef input 'observations' (the spec's name).
+    for loaded_model, name in ((with_attributes, "other"), (with_attributes, "renamed"), (plain, "double")):
         function = signatures.loaded_function(loaded_model, name)
         assert function is loaded_model.signatures[name]
         np.testing.assert_array_equal(
