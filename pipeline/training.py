@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 import keras
 
-from data import envs, reader
+from data import envs, reader, schema
 from models import checkpoints
 from models.config import SORLConfig, config_to_dict
 from models.sorl import SORLAgent
@@ -332,7 +332,7 @@ def check_dataset_matches(config: SORLConfig, data_dir, metadata: dict) -> None:
     """
     path = Path(data_dir) / "metadata.json"
     keys = list(metadata["reward_keys"])
-    wanted = f"task{config.task}"
+    wanted = schema.reward_key(config.task)  # 'task{n}', the key the reader will look up
     if wanted not in keys:
         tasks = [key for key in keys if key.startswith("task")]
         hint = (f"pick --task from {[int(key[4:]) for key in tasks]}" if tasks else
