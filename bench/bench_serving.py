@@ -49,6 +49,8 @@ from serving.server import ModelServer  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 28, 5  # cube-single
 ISSUE_FIGURES_MS = {"act_k1": 0.12, "act_k8": 0.37, "act_k8_best_of_4": 1.2}  # another machine's
+MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla",
+         "saved_model_fn_xla", "saved_model_direct_xla", "grpc", "rest")
 
 
 def load_targets(reference_json: Optional[str]) -> Tuple[Dict[str, float], str]:
@@ -61,9 +63,6 @@ def load_targets(reference_json: Optional[str]) -> Tuple[Dict[str, float], str]:
         raise SystemExit(f"--reference_json={reference_json}: no 'latency_ms' in it; write it with "
                          "bench/bench_reference_jax.py --mode=latency --json=FILE")
     return measured, "JAX reference here"
-
-MODES = ("tf.function", "concrete", "concrete_xla", "saved_model", "saved_model_xla",
-         "saved_model_fn_xla", "saved_model_direct_xla", "grpc", "rest")
 
 
 class InProcess:

@@ -66,7 +66,8 @@ def step_gflop(args) -> float:
     from models.sampling import step_counts
 
     b, h, depth = args.batch_size, args.width, args.depth
-    mean_k = sum(step_counts(args.m_btt)) / len(step_counts(args.m_btt))
+    counts = step_counts(args.m_btt)
+    mean_k = sum(counts) / len(counts)
 
     def forward(inputs, outputs, members=1):
         return 2 * members * b * (inputs * h + (depth - 1) * h * h + h * outputs)
