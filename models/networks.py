@@ -28,8 +28,46 @@ def _column(values, dtype=tf.float32):
     return tf.reshape(tf.cast(values, dtype), (-1, 1))
 
 
+class _ConcatMLP(keras.Model):
+    """What both networks share: an MLP over concatenated input features, GELU after every hidden
+    layer (optionally LayerNorm after it), its sizes and seed as config. Subclasses build the layers
+    (`_build_layers`) and concatenate their inputs before `_mlp`."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: Sequence[int], layer_norm: bool,
+                 seed: Optional[int], **kwargs):
+        super().__init__(**kwargs)
+        self.obs_dim = int(obs_dim)
+        self.action_dim = int(action_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.layer_norm = bool(layer_norm)
+        self.seed = seed
+
+    def _build(self):
+        with keras.name_scope(self.name):  # variable paths "<network>/dense_0/kernel", ...
+            self._build_layers()
+        self.built = True
+
+    def _mlp(self, h):
+        for i, dense in enumerate(self.hidden_layers):
+            h = gelu(dense(h))
+            if self.layer_norm:
+                h = self.norm_layers[i](h)
+        return self.output_layer(h)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            obs_dim=self.obs_dim,
+            action_dim=self.action_dim,
+            hidden_dims=list(self.hidden_dims),
+            layer_norm=self.layer_norm,
+            seed=self.seed,
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="sorl")
-class ShortcutActor(keras.Model):
+class ShortcutActor(_ConcatMLP):
     """Velocity network v(s, x, t, d) of a shortcut model.
 
     Inputs: observations [B, obs_dim], noisy actions x [B, action_dim], time t [B] in [0, 1),
@@ -46,15 +84,8 @@ class ShortcutActor(keras.Model):
         seed: Optional[int] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.obs_dim = int(obs_dim)
-        self.action_dim = int(action_dim)
-        self.hidden_dims = tuple(int(h) for h in hidden_dims)
-        self.layer_norm = bool(layer_norm)
-        self.seed = seed
-        with keras.name_scope(self.name):  # variable paths "<network>/dense_0/kernel", ...
-            self._build_layers()
-        self.built = True
+        super().__init__(obs_dim, action_dim, hidden_dims, layer_norm, seed, **kwargs)
+        self._build()
 
     def _build_layers(self):
         seed = self.seed
@@ -81,23 +112,7 @@ class ShortcutActor(keras.Model):
         self.output_layer.build((None, input_dim))
 
     def call(self, observations, noisy_actions, times, step_levels):
-        h = tf.concat([observations, noisy_actions, _column(times), _column(step_levels)], axis=-1)
-        for i, dense in enumerate(self.hidden_layers):
-            h = gelu(dense(h))
-            if self.layer_norm:
-                h = self.norm_layers[i](h)
-        return self.output_layer(h)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            obs_dim=self.obs_dim,
-            action_dim=self.action_dim,
-            hidden_dims=list(self.hidden_dims),
-            layer_norm=self.layer_norm,
-            seed=self.seed,
-        )
-        return config
+        return self._mlp(tf.concat([observations, noisy_actions, _column(times), _column(step_levels)], axis=-1))
 
 
 @keras.saving.register_keras_serializable(package="sorl")
@@ -165,7 +180,7 @@ class EnsembleLayerNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="sorl")
-class CriticEnsemble(keras.Model):
+class CriticEnsemble(_ConcatMLP):
     """Q(s, a, k): `num_members` independent MLP critics, weights stacked per layer.
 
     Inputs: observations [B, obs_dim], actions [B, action_dim], k = number of Euler steps that
@@ -183,16 +198,9 @@ class CriticEnsemble(keras.Model):
         seed: Optional[int] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.obs_dim = int(obs_dim)
-        self.action_dim = int(action_dim)
-        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        super().__init__(obs_dim, action_dim, hidden_dims, layer_norm, seed, **kwargs)
         self.num_members = int(num_members)
-        self.layer_norm = bool(layer_norm)
-        self.seed = seed
-        with keras.name_scope(self.name):  # variable paths "<network>/dense_0/kernel", ...
-            self._build_layers()
-        self.built = True
+        self._build()
 
     def _build_layers(self):
         seed = self.seed
@@ -214,23 +222,11 @@ class CriticEnsemble(keras.Model):
         self.output_layer.build((self.num_members, None, input_dim))
 
     def call(self, observations, actions, steps):
-        h = tf.concat([observations, actions, _column(steps)], axis=-1)
-        for i, dense in enumerate(self.hidden_layers):
-            h = gelu(dense(h))
-            if self.layer_norm:
-                h = self.norm_layers[i](h)
-        return tf.squeeze(self.output_layer(h), axis=-1)
+        return tf.squeeze(self._mlp(tf.concat([observations, actions, _column(steps)], axis=-1)), axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            obs_dim=self.obs_dim,
-            action_dim=self.action_dim,
-            hidden_dims=list(self.hidden_dims),
-            num_members=self.num_members,
-            layer_norm=self.layer_norm,
-            seed=self.seed,
-        )
+        config.update(num_members=self.num_members)
         return config
 
 
