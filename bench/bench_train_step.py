@@ -122,15 +122,15 @@ def measure(jit_compile: bool, args) -> dict:
         ],
     )
     agent = SORLAgent(config, args.obs_dim, args.action_dim)
-    agent.compile(jit_compile=jit_compile)
+    agent.compile(jit_compile=jit_compile, steps_per_execution=args.steps_per_execution)
     batch = synthetic_batch(args.batch_size, args.obs_dim, args.action_dim)
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     agent.make_train_function()
     train = agent.train_function
 
-    def run(steps):
+    def run(steps):  # steps: a multiple of --steps_per_execution (checked in main)
         logs = None
-        for _ in range(steps):
+        for _ in range(steps // args.steps_per_execution):
             logs = train(iterator)
         return float(logs["actor/loss"])  # forces completion
 
@@ -153,6 +153,7 @@ def measure(jit_compile: bool, args) -> dict:
         "batch_size": args.batch_size,
         "network": f"{args.depth}x{args.width}",
         "m_btt": args.m_btt,
+        "steps_per_execution": args.steps_per_execution,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -170,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--m_btt", type=int, default=8)
+    parser.add_argument("--steps_per_execution", type=int, default=1,
+                        help="train steps per call of Keras' train function (one compiled loop, no Python between)")
     parser.add_argument("--ceiling", action="store_true",
                         help="only print FLOPs per step, the XLA matmul rate and the implied ceiling")
     args = parser.parse_args(argv)
@@ -178,6 +181,10 @@ def main(argv=None):
         return
     if args.quick:
         args.windows, args.window_steps, args.warmup = 2, 5, 3
+    for flag in ("window_steps", "warmup"):
+        if getattr(args, flag) % args.steps_per_execution:
+            parser.error(f"--{flag}={getattr(args, flag)} must be a multiple of "
+                         f"--steps_per_execution={args.steps_per_execution}")
     modes = {"both": [True, False], "true": [True], "false": [False]}[args.jit]
     # Peak RSS is per process, so with --jit=both the second mode's figure includes the first's.
     for jit_compile in modes:
