@@ -431,9 +431,7 @@ def run_training(
     monitor = TrainingMonitor(config, workdir, manager, start_step, evaluate, show_progress=show_progress)
 
     if start_step < config.steps:
-        val_ds = reader.make_dataset(
-            str(data_dir), split="val", task=config.task, batch_size=config.batch_size, seed=config.seed
-        )
+        val_ds = validation_dataset(data_dir, config)
         wall = time.perf_counter()
         try:
             with _stop_on_signals(monitor):
@@ -461,6 +459,22 @@ def run_training(
         summary["export"] = export_saved_model(agent, str(workdir / "export"))
         log(f"Exported SavedModel to {summary['export']}.")
     return summary
+
+
+def validation_dataset(data_dir, config: SORLConfig) -> tf.data.Dataset:
+    """The validation split as fit evaluates it at every log boundary, with tf.data's autotuning off.
+
+    Keras drops its validation iterator and makes a new one at each evaluation. With autotuning on,
+    dropping an iterator waits for tf.data's optimisation thread to wake from its sleep: in the
+    paper-size cube run (TensorFlow 2.21) that stalled about half of the log boundaries for 10 to
+    30 s with the CPU idle (BENCHMARKS.md). A few batches gathered from an in-memory table need no tuning.
+    """
+    dataset = reader.make_dataset(
+        str(data_dir), split="val", task=config.task, batch_size=config.batch_size, seed=config.seed
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _fit(agent, config: SORLConfig, data_dir: Path, val_ds, monitor: TrainingMonitor, start_step: int,

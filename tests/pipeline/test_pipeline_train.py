@@ -160,6 +160,27 @@ def test_data_without_the_tasks_rewards_is_refused(tmp_path):
     training.check_dataset_matches(config, tmp_path, {"reward_keys": ["task3"], "env": "cube-single-play"})
 
 
+def test_validation_batches_are_the_val_split_with_autotuning_off(cube_tfrecord_dir):
+    # Keras makes a new validation iterator at every log boundary; dropping the old one with tf.data's
+    # autotuning on waits out the tuning thread's sleep (10 to 30 s stalls, idle CPU: BENCHMARKS.md).
+    import numpy as np
+    from data import reader
+    from models.config import get_config
+    from pipeline import training
+
+    config = get_config("cube", ["batch_size=32", "seed=3"])
+    validation = training.validation_dataset(cube_tfrecord_dir, config)
+    assert validation.options().autotune.enabled is False
+    expected = reader.make_dataset(str(cube_tfrecord_dir), split="val", task=2, batch_size=32, seed=3)
+    batches = 0
+    for got, want in zip(validation.take(3), expected.take(3)):
+        assert sorted(got) == sorted(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+        batches += 1
+    assert batches == 3
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
     import numpy as np
     import tensorflow as tf
