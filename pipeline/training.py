@@ -466,8 +466,8 @@ def validation_dataset(data_dir, config: SORLConfig) -> tf.data.Dataset:
 
     Keras drops its validation iterator and makes a new one at each evaluation. With autotuning on,
     dropping an iterator waits for tf.data's optimisation thread to wake from its sleep: in the
-    paper-size cube run (TensorFlow 2.21) that stalled about half of the log boundaries for 10 to
-    30 s with the CPU idle (BENCHMARKS.md). A few batches gathered from an in-memory table need no tuning.
+    paper-size cube run (TensorFlow 2.21) that idled 26 of 38 log boundaries for about 31 s each
+    (BENCHMARKS.md). A few batches gathered from an in-memory table need no tuning.
     """
     dataset = reader.make_dataset(
         str(data_dir), split="val", task=config.task, batch_size=config.batch_size, seed=config.seed

@@ -162,7 +162,7 @@ def test_data_without_the_tasks_rewards_is_refused(tmp_path):
 
 def test_validation_batches_are_the_val_split_with_autotuning_off(cube_tfrecord_dir):
     # Keras makes a new validation iterator at every log boundary; dropping the old one with tf.data's
-    # autotuning on waits out the tuning thread's sleep (10 to 30 s stalls, idle CPU: BENCHMARKS.md).
+    # autotuning on waits out the tuning thread's sleep (stalls of about 31 s, idle CPU: BENCHMARKS.md).
     import numpy as np
     from data import reader
     from models.config import get_config
