@@ -1,0 +1,84 @@
+"""Writing local files whole: readers see the old file or the new one, never half of either.
+
+Every writer goes through `atomic_path`: it yields a temporary name in the target's folder (same
+file system, so the final `os.replace` is atomic) and removes the temporary on any error.
+Remote outputs (gs://, s3://) go through Beam's file systems instead (pipeline/beam_jobs.py), where
+an object is written whole by the store itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = "") -> Iterator[Path]:
+    """Yields a temporary path beside `path`; moves it onto `path` when the block succeeds.
+
+    `suffix` keeps an extension on the temporary name for writers that choose the format by
+    it (matplotlib's savefig). The folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json(path, value, indent: int = 2, sort_keys: bool = False) -> Path:
+    """`value` as JSON (with a final newline)."""
+    return write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_csv(path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """A whole CSV with a header row; a row with a key outside `columns` raises ValueError."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="raise")
+            writer.writeheader()
+            writer.writerows(rows)
+    return Path(path)
+
+
+def append_csv_rows(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """Appends rows to a CSV log, writing the header when the file is new (logs grow, so no rename)."""
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figure(figure, path, dpi: int = 120) -> Path:
+    """Saves a matplotlib figure as `path` (format from its extension) and closes it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=Path(path).suffix) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+    plt.close(figure)
+    return Path(path)
