@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SHIPPED = ("tests", "bench", "third_party")
+SOURCE_DIRS = ("data", "models", "pipeline", "serving", "interop")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,9 @@ def requirement_names(lines) -> list[str]:
 
 
 def test_every_source_package_is_shipped(project):
-    packages = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in ROOT.glob("**/__init__.py")
-                if p.relative_to(ROOT).parts[0] not in NOT_SHIPPED and not p.relative_to(ROOT).parts[0].startswith(".")}
+    top = [d for d in ROOT.iterdir() if (d / "__init__.py").is_file() and d.name not in NOT_SHIPPED]
+    packages = {p.parent.relative_to(ROOT).as_posix().replace("/", ".") for d in top for p in d.rglob("__init__.py")}
+    assert set(SOURCE_DIRS) <= packages
     assert set(project["tool"]["setuptools"]["packages"]) == packages
 
 
@@ -71,3 +73,20 @@ def test_dependencies_are_pinned_in_requirements(project):
     test_tools = requirement_names(project["project"]["optional-dependencies"]["test"])
     assert sorted(runtime + test_tools) == sorted(pinned)
     assert all("==" in line for line in lines if line and not line.startswith(("#", "-")))
+
+
+def test_no_module_edits_sys_path():
+    """Imports work because the package is installed (requirements.txt), never through a path edit.
+    The one exception loads the authors' JAX checkout, a foreign repository, in the benchmark."""
+    edit = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*\+?=[^=]")
+    allowed = {("bench/bench_reference_jax.py", "sys.path.insert(0, os.path.abspath(reference_repo))")}
+    found = []
+    paths = [ROOT / "conftest.py"] + [p for d in (*SOURCE_DIRS, "bench", "tests") for p in (ROOT / d).rglob("*.py")]
+    for path in paths:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "tests/test_packaging.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if edit.search(line) and (rel, line.strip()) not in allowed:
+                found.append(f"{rel}:{number}")
+    assert not found, f"sys.path edits: {found}"
