@@ -1,9 +1,9 @@
 """Data pipeline benchmarks: play-data generation, preprocessing, and the tf.data reader.
 
-    python bench/bench_data.py generate   [--episodes=8 --episode_length=1001]
-    python bench/bench_data.py preprocess [--rows=1000000]
-    python bench/bench_data.py reader     [--rows=1000000 --batches=2000]
-    python bench/bench_data.py all        (each of the above)
+    python -m bench.bench_data generate   [--episodes=8 --episode_length=1001]
+    python -m bench.bench_data preprocess [--rows=1000000]
+    python -m bench.bench_data reader     [--rows=1000000 --batches=2000]
+    python -m bench.bench_data all        (each of the above)
     common: [--repeats=3] [--workdir=artifacts/bench_data]
 
 Each measurement is repeated; the median is printed as a markdown table row:
@@ -18,8 +18,6 @@ Each measurement is repeated; the median is printed as a markdown table row:
   consumed inside TensorFlow (Dataset.reduce, as a compiled training loop would), for
   cache=True and cache=False.
 """
-
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
 import argparse
 import os

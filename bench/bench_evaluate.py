@@ -1,7 +1,7 @@
 """Evaluation throughput in the real cube-single env: episodes/s, sync vs async vector envs.
 
-    python bench/bench_evaluate.py --episodes=50 --num_envs=1,5,10,25 --vectorization=sync,async
-    python bench/bench_evaluate.py --policy=agent --steps=4       # a fresh paper-size SORLAgent
+    python -m bench.bench_evaluate --episodes=50 --num_envs=1,5,10,25 --vectorization=sync,async
+    python -m bench.bench_evaluate --policy=agent --steps=4       # a fresh paper-size SORLAgent
 
 Each configuration runs once to warm up (worker start-up, MuJoCo compilation, tracing; reported
 as `startup_s`) and then `--repeats` times; the median is reported. `--policy=random` measures the
@@ -9,20 +9,18 @@ environment alone; `--policy=agent` adds batched SORL inference (untrained weigh
 Run it on a quiet machine: the numbers are only comparable with each other.
 """
 
+import argparse
+import json
+import os
+import statistics
 import sys
-import pathlib
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from data.files import write_json  # noqa: E402
 
 
 class RandomPolicy:
@@ -102,7 +100,7 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
             evaluation.close_environments()
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(results, indent=1))
+        write_json(args.output, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ the reference from a checkout you provide; none of its code is in this repositor
     /tmp/jaxref/bin/pip install -r bench/requirements-reference-jax.txt
     # a checkout of the paper's code (linked from nico-espinosadice.github.io/projects/sorl):
     git clone <the SORL repository> /tmp/sorl-reference
-    /tmp/jaxref/bin/python bench/bench_reference_jax.py --reference_repo=/tmp/sorl-reference
-    /tmp/jaxref/bin/python bench/bench_reference_jax.py --reference_repo=... --mode=latency
+    /tmp/jaxref/bin/python -m bench.bench_reference_jax --reference_repo=/tmp/sorl-reference
+    /tmp/jaxref/bin/python -m bench.bench_reference_jax --reference_repo=... --mode=latency
 
 What it needs from the checkout: `agents/sorl.py` with `get_config()` and `SORLAgent.create(seed,
 ex_observations, ex_actions, config)`, `agent.update(batch) -> (agent, info)`,
@@ -25,14 +25,15 @@ memory, like bench_train_step.py. Reported: steps/s per window of `--window_step
 clock, after the first update compiles), CPU-ms per update, the median; for latency, ms per call
 of the jitted sampler at batch 1 (k = 1, k = 8, k = 8 best of 4), median of `--runs` runs.
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import argparse
+import os
+import statistics
+import sys
+import time
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-from bench.common import time_calls, write_json  # noqa: E402  (plain Python: runs in the JAX venv too)
+# Plain Python, so they import in the JAX venv too (run from the repository root with -m).
+from bench.common import time_calls
+from data.files import write_json
 
 
 def synthetic_batch(rng, batch_size: int, obs_dim: int, action_dim: int):

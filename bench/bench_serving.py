@@ -1,7 +1,7 @@
 """Serving latency and throughput of the exported SORL signatures.
 
-    python bench/bench_serving.py                       # paper nets (4 x 512), obs 28, action 5
-    python bench/bench_serving.py --small --runs=2 --calls=20 --json=artifacts/bench_serving.json
+    python -m bench.bench_serving                       # paper nets (4 x 512), obs 28, action 5
+    python -m bench.bench_serving --small --runs=2 --calls=20 --json=artifacts/bench_serving.json
 
 For each signature: latency at batch 1 and throughput at batch 256 (rows/s), medians over
 --runs runs of --calls calls, through
@@ -20,16 +20,15 @@ For each signature: latency at batch 1 and throughput at batch 256 (rows/s), med
 Weights are random (latency does not depend on training). In-process inputs are prepared
 tensors; the server rows include request encoding and decoding on the client side.
 The target at batch 1 in process (issue 4) is the authors' JAX sampler on the same CPU: pass
---reference_json=FILE (written by bench/bench_reference_jax.py --json=FILE on this machine) to
+--reference_json=FILE (written by `python -m bench.bench_reference_jax --json=FILE` on this machine) to
 print it next to each row; without it the rows show the issue's figures (0.12 ms k=1, 0.37 ms
 k=8, 1.2 ms k=8 best-of-4), which were taken on another machine (see BENCHMARKS.md).
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
-
 import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,7 +40,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from bench.common import time_calls, write_json  # noqa: E402
+from bench.common import time_calls  # noqa: E402
+from data.files import write_json  # noqa: E402
 from models.config import get_config  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
 from serving import export, signatures  # noqa: E402
@@ -61,7 +61,7 @@ def load_targets(reference_json: Optional[str]) -> Tuple[Dict[str, float], str]:
         measured = json.load(f).get("latency_ms")
     if not measured:
         raise SystemExit(f"--reference_json={reference_json}: no 'latency_ms' in it; write it with "
-                         "bench/bench_reference_jax.py --mode=latency --json=FILE")
+                         "python -m bench.bench_reference_jax --mode=latency --json=FILE")
     return measured, "JAX reference here"
 
 

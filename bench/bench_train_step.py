@@ -1,9 +1,9 @@
 """Gradient steps per second of SORLAgent.train_step (the paper configuration), with and without XLA.
 
-    python bench/bench_train_step.py                 # paper config: obs 28, action 5, batch 256, 4x512, M_BTT 8
-    python bench/bench_train_step.py --quick         # 2 short windows per mode (smoke run)
-    python bench/bench_train_step.py --jit=true --windows=9 --window_steps=50
-    python bench/bench_train_step.py --ceiling        # FLOPs per step and this CPU's matmul rate
+    python -m bench.bench_train_step                 # paper config: obs 28, action 5, batch 256, 4x512, M_BTT 8
+    python -m bench.bench_train_step --quick         # 2 short windows per mode (smoke run)
+    python -m bench.bench_train_step --jit=true --windows=9 --window_steps=50
+    python -m bench.bench_train_step --ceiling        # FLOPs per step and this CPU's matmul rate
     (bench/fma_peak.c measures the CPU's float32 FMA peak, the bound above any matmul rate;
     bench/bench_reference_jax.py times the authors' JAX update on the same machine)
 
@@ -17,17 +17,12 @@ between steps, as in training, so windows average over k in {1, 2, 4, 8}.
 Run on a quiet machine for numbers you report; they are only comparable on the same machine.
 """
 
-import sys
-import pathlib
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -1,6 +1,4 @@
 """Plain-Python helpers the benchmarks share (no TensorFlow: bench_reference_jax.py runs in a JAX venv)."""
-import json
-import os
 import time
 from typing import Callable, List
 
@@ -16,12 +14,3 @@ def time_calls(call: Callable[[], object], runs: int, calls: int, warmup: int = 
             call()
         per_run.append((time.perf_counter() - start) / calls)
     return per_run
-
-
-def write_json(path: str, payload) -> None:
-    """Writes `payload` as JSON to `path` (creating its folder) through a temporary file and a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)

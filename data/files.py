@@ -12,7 +12,7 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,8 +26,10 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    # Created like open() creates files (mode 0o666 less the umask); mkstemp's 0o600 would leave
+    # datasets and exports readable by their owner only.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(temporary)
         os.replace(temporary, path)

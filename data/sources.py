@@ -1,5 +1,5 @@
-"""Input sources for pipeline/preprocess.py: 'ogbench:PATH.npz', 'minari:DATASET_ID', or a
-source defined outside data/ (`PLUGIN_SOURCES`, e.g. 'tf_agents:PATH').
+"""Input sources for pipeline/preprocess.py: 'ogbench:PATH.npz', 'minari:DATASET_ID' or
+'tf_agents:PATH' (trajectory files written by TF-Agents; data/tf_agents_source.py).
 
 `open_source` checks a source in the driver (files exist, fields, shapes and lengths agree,
 env and tasks known) and returns a picklable `Source`; Beam workers call `Source.read` on
@@ -9,7 +9,6 @@ transitions as {feature name (data.schema): float32 array}.
 
 import dataclasses
 import hashlib
-import importlib
 import math
 import os
 
@@ -20,9 +19,7 @@ from data.errors import DataError
 
 ROWS_PER_SHARD = 100_000  # default shard size: ~60 MB of cube-single records
 
-# Sources defined in other packages: kind -> module with open_source(rest, env) -> Source,
-# read(source, split, start, stop) -> (columns, episodes) and source_files(source) -> [path].
-PLUGIN_SOURCES = {"tf_agents": "interop.tf_agents.trajectories"}
+KINDS = ("ogbench", "minari", "tf_agents")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +27,7 @@ class Source:
     """A checked input: what it holds and how to read ranges of it."""
 
     spec: str  # the --input string, with the path made absolute
-    kind: str  # 'ogbench', 'minari' or a PLUGIN_SOURCES kind
+    kind: str  # one of KINDS
     env: str | None  # OGBench dataset family, or None for a generic Minari dataset
     env_id: str  # OGBench dataset name or Minari dataset id
     reward_kind: str | None  # data.relabel kind used for task rewards, None if no task rewards
@@ -47,8 +44,10 @@ class Source:
         """(columns, episodes) for rows/episodes [start, stop) of `split`."""
         if self.kind == "ogbench":
             return ogbench_source.transitions(self.inputs[split], self.reward_kind, self.targets, start, stop)
-        if self.kind in PLUGIN_SOURCES:
-            return importlib.import_module(PLUGIN_SOURCES[self.kind]).read(self, split, start, stop)
+        if self.kind == "tf_agents":
+            from data import tf_agents_source  # imports TensorFlow: only for this kind
+
+            return tf_agents_source.transitions(self.inputs[split][start:stop])
         return minari_source.transitions(self.inputs[split], self.data_paths[split], self.reward_kind,
                                          self.targets, start, stop)
 
@@ -56,8 +55,11 @@ class Source:
         """Every input file, for checksums."""
         if self.kind == "ogbench":
             return [self.inputs[split] for split in schema.SPLITS if split in self.inputs]
-        if self.kind in PLUGIN_SOURCES:
-            return importlib.import_module(PLUGIN_SOURCES[self.kind]).source_files(self)
+        if self.kind == "tf_agents":
+            from data import tf_agents_source  # imports TensorFlow: only for this kind
+
+            return tf_agents_source.source_files([path for split in schema.SPLITS
+                                                  for path in self.inputs.get(split, ())])
         found = []
         for split in schema.SPLITS:
             if split in self.data_paths:
@@ -142,21 +144,43 @@ def _open_minari(dataset_id: str, env: str | None) -> Source:
     )
 
 
+def _open_tf_agents(pattern: str, env: str | None) -> Source:
+    """Trajectory files as a Source whose inputs are split -> file paths and whose sizes count files
+    (a Beam shard reads whole files; many files make many shards)."""
+    from data import tf_agents_source  # imports TensorFlow: only for this kind
+
+    if env:
+        raise DataError(
+            f"--env={env}: TF-Agents trajectories carry their own rewards (stored under "
+            f"'{tf_agents_source.REWARD_KEY}'); there are no task rewards to relabel: drop --env"
+        )
+    if "://" not in pattern:
+        pattern = os.path.abspath(pattern)
+    found = tf_agents_source.describe(pattern)
+    return Source(
+        spec=f"tf_agents:{pattern}", kind="tf_agents", env=None, env_id=pattern,
+        reward_kind=None, obs_dim=found["obs_dim"], action_dim=found["action_dim"],
+        reward_keys=(tf_agents_source.REWARD_KEY,), targets={}, inputs=found["inputs"],
+        sizes={split: len(paths) for split, paths in found["inputs"].items()},
+        transitions_hint=found["transitions"],
+    )
+
+
 def open_source(spec: str, env: str | None = None) -> Source:
-    """Checks and describes 'ogbench:PATH.npz' or 'minari:DATASET_ID'; DataError if unusable.
+    """Checks and describes 'ogbench:PATH.npz', 'minari:DATASET_ID' or 'tf_agents:PATH'; DataError
+    if unusable.
 
     `env` overrides the env family that is otherwise read from the file or dataset name.
     """
     kind, sep, rest = str(spec).partition(":")
-    if not sep or kind not in ("ogbench", "minari", *PLUGIN_SOURCES) or not rest:
+    if not sep or kind not in KINDS or not rest:
         raise DataError(
             f"--input={spec!r}: use 'ogbench:PATH/NAME.npz' (OGBench play data, NAME-val.npz beside "
-            f"it), 'minari:DATASET_ID' (a local Minari dataset) or one of "
-            f"{', '.join(f'{plugin}:PATH' for plugin in PLUGIN_SOURCES)}."
+            f"it), 'minari:DATASET_ID' (a local Minari dataset) or 'tf_agents:PATH' (TF-Agents "
+            f"trajectory files)."
         )
-    if kind in PLUGIN_SOURCES:
-        return importlib.import_module(PLUGIN_SOURCES[kind]).open_source(rest, env)
-    return _open_ogbench(rest, env) if kind == "ogbench" else _open_minari(rest, env)
+    opener = {"ogbench": _open_ogbench, "minari": _open_minari, "tf_agents": _open_tf_agents}[kind]
+    return opener(rest, env)
 
 
 @dataclasses.dataclass(frozen=True)

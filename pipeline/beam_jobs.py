@@ -10,15 +10,14 @@
   row range -> one TFRecord shard plus its statistics).
 
 DoFns live here, in an importable module, because Beam pickles them by reference: worker
-processes import `pipeline.beam_jobs`, so the repository root must be importable there
-(`run_pipeline` puts it on PYTHONPATH for local workers; remote runners need the package
-shipped, e.g. with --setup_file).
+processes import `pipeline.beam_jobs`, so the package must be installed where they run (local
+workers share the driver's environment, where requirements.txt installed it; remote runners get
+it with --setup_file=./pyproject.toml).
 """
 
 import json
 import math
 import os
-import pathlib
 import re
 import shutil
 import uuid
@@ -32,7 +31,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from data import stats as stats_lib
 from data.errors import DataError
 
-REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 STATS_DIR = ".stats"
 ERRORS_DIR = ".errors"
 EPISODES_DIR = "episodes"
@@ -97,13 +95,6 @@ def pipeline_options(pipeline_args=()) -> PipelineOptions:
     return PipelineOptions(args)
 
 
-def _export_repo_root() -> None:
-    """Local worker processes (multi_processing) start fresh interpreters: let them import us."""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if REPO_ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + paths)
-
-
 _DATA_ERROR_TEXT = re.compile(r"DataError: (.*)$", re.MULTILINE)
 _BEAM_STEP_SUFFIX = re.compile(r"(?: \[while running [^\]]*\])+$")
 
@@ -116,7 +107,6 @@ def run_pipeline(build, pipeline_args=()) -> None:
     """Runs `build(pipeline)` to completion. A DataError that escapes a worker (DoFns record
     theirs instead, see `report_data_errors`) is raised here as a DataError with the worker's
     message; Beam otherwise wraps it in runner-specific text."""
-    _export_repo_root()
     try:
         with beam.Pipeline(options=pipeline_options(pipeline_args)) as pipeline:
             build(pipeline)

@@ -13,12 +13,11 @@ Minari datasets 'ogbench/cube-single-play-v0' and 'ogbench/cube-single-play-val-
 --output if given, else MINARI_DATASETS_PATH, else ~/.minari/datasets).
 """
 
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
-
 import argparse
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from data import envs, minari_source, ogbench_source, play_data
+from data import envs, files, minari_source, ogbench_source, play_data
 from data.errors import DataError
 from pipeline import beam_jobs
 
@@ -103,18 +102,11 @@ def _ogbench_arrays(episodes: list) -> dict:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Writes a file whole: tmp file + rename locally; object stores write objects whole."""
+    """Writes a file whole: locally through a renamed temporary; object stores write objects whole."""
     if beam_jobs.is_remote(path):
         beam_jobs.write_bytes(path, data)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    else:
+        files.write_bytes(path, data)
 
 
 def _minari_buffers(episodes: list) -> list:

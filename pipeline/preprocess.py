@@ -14,9 +14,8 @@ is staged in a hidden sibling directory and renamed into place whole, with metad
 written last.
 """
 
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
-
 import argparse
+import sys
 import time
 
 import apache_beam as beam

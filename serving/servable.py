@@ -20,20 +20,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving import validation
 from serving.signatures import loaded_function
 from serving.validation import NOT_FOUND, RequestError, SignatureSpec, TensorSpec
+from serving.versions import list_versions
 
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_SIGNATURE = "serving_default"
-
-
-def list_versions(base_path: str) -> List[int]:
-    """Integer-named subfolders of `base_path`, ascending; other names are ignored (as TF Serving)."""
-    try:
-        names = os.listdir(base_path)
-    except FileNotFoundError:
-        return []
-    return sorted(int(name) for name in names
-                  if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
 
 
 def read_serving_meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:

@@ -15,8 +15,6 @@ gRPC: `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and
 `GET /v1/models/NAME[/versions/N]/metadata`. The newest integer version folder is served and a
 new one is picked up without a restart (see serving/servable.py).
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
-
 import argparse
 import concurrent.futures
 import http.server
@@ -24,6 +22,7 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 from typing import Any, Dict, Optional, Sequence, Tuple
 

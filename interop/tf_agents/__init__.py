@@ -1,8 +1,8 @@
-"""TF-Agents interop: its trajectory files in, SORL SavedModel policies out.
+"""TF-Agents interop: SORL SavedModel policies and gymnasium environments for its drivers.
 
-- `trajectories`: reads TFRecord files written by TF-Agents' `TFRecordObserver` (with the `.spec`
-  file beside each) into this project's transition arrays. TensorFlow only: no tf_agents import,
-  so `pipeline/preprocess.py --input=tf_agents:PATH` runs in the core environment.
+Its trajectory files come in through data/tf_agents_source.py (`pipeline/preprocess.py
+--input=tf_agents:PATH`), which needs TensorFlow only and so is a core data source, not part of
+this optional layer.
 - `policy`: `SavedModelPyPolicy` and `SavedModelTFPolicy`, tf_agents policies over one signature of
   an exported SORL SavedModel. Needs the optional layer (requirements-tf-agents.txt).
 - `environment`: `GymnasiumPyEnvironment`, a tf_agents `PyEnvironment` over a gymnasium env (such

@@ -20,13 +20,11 @@ episode after the first starts one seed further than the previous episode's leng
 `SavedModelPyTFEagerPolicy`); its `distribution()` raises: the policy has no closed form.
 """
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
 from interop.tf_agents.compat import import_tf_agents
-from serving.servable import list_versions
+from serving.versions import resolve_saved_model_dir
 
 import_tf_agents()
 from tf_agents.policies import py_policy, tf_policy  # noqa: E402
@@ -36,20 +34,6 @@ from tf_agents.trajectories import time_step as ts  # noqa: E402
 
 SEEDED_SUFFIX = "_seeded"
 SEED_INPUT = "seed"
-
-
-def resolve_saved_model_dir(path: str) -> str:
-    """`path` itself if it holds a SavedModel, else its newest integer version folder (as TF
-    Serving picks from a model base path)."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = list_versions(path)
-    if not versions:
-        raise FileNotFoundError(
-            f"{path}: neither a SavedModel (no saved_model.pb) nor a model base path with integer "
-            f"version folders; pass RUN/export or RUN/export/<version> (serving/export.py)"
-        )
-    return os.path.join(path, str(versions[-1]))
 
 
 class SavedModelSignature(tf.Module):

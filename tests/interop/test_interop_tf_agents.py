@@ -31,9 +31,8 @@ from tf_agents.trajectories import policy_step, trajectory  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 from tf_agents.utils import example_encoding_dataset  # noqa: E402
 
-from data import reader, schema  # noqa: E402
+from data import reader, schema, sources, tf_agents_source  # noqa: E402
 from data.errors import DataError  # noqa: E402
-from interop.tf_agents import trajectories  # noqa: E402
 from pipeline import preprocess  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 4, 2
@@ -100,24 +99,24 @@ def recorded(tmp_path_factory):
 def test_records_decode_as_tf_agents_own_reader_decodes_them(recorded):
     folder, _, _ = recorded
     path = str(folder / "traj.tfrecord")
-    leaves = trajectories.read_spec(path + trajectories.SPEC_SUFFIX)
-    ours = trajectories.read_steps(path, leaves)
+    leaves = tf_agents_source.read_spec(path + tf_agents_source.SPEC_SUFFIX)
+    ours = tf_agents_source.read_steps(path, leaves)
     theirs = list(example_encoding_dataset.load_tfrecord_dataset([path], add_batch_dim=False))
     assert len(theirs) == len(ours["step_type"]) > 0
-    for name in trajectories.TRANSITION_FIELDS:
+    for name in tf_agents_source.TRANSITION_FIELDS:
         np.testing.assert_array_equal(ours[name], np.stack([getattr(t, name) for t in theirs]))
         assert ours[name].dtype == leaves[name].dtype.as_numpy_dtype
 
 
 def test_source_reads_the_transitions_tf_agents_driver_made(recorded):
     folder, train, val = recorded
-    source = trajectories.open_source(str(folder / "traj.tfrecord"))
+    source = sources.open_source(f"tf_agents:{folder / 'traj.tfrecord'}")
     assert (source.obs_dim, source.action_dim, source.reward_keys) == (OBS_DIM, ACTION_DIM, ("default",))
     assert source.inputs == {"train": (str(folder / "traj.tfrecord"),),
                              "val": (str(folder / "traj-val.tfrecord"),)}
     assert source.transitions_hint == {"train": len(train[schema.OBSERVATIONS]),
                                        "val": len(val[schema.OBSERVATIONS])}
-    columns, _ = trajectories.read(source, "train", 0, 1)
+    columns, _ = source.read("train", 0, 1)
     assert set(columns) == set(train)
     for name, values in train.items():
         np.testing.assert_array_equal(columns[name], values, err_msg=name)
@@ -147,7 +146,7 @@ def test_preprocess_converts_tf_agents_files_exactly(recorded, tmp_path):
 def write_spec_only(path, spec):
     """A trajectory file with no records and the .spec TF-Agents writes for `spec`."""
     path.write_bytes(b"")
-    example_encoding_dataset.encode_spec_to_file(str(path) + trajectories.SPEC_SUFFIX, spec)
+    example_encoding_dataset.encode_spec_to_file(str(path) + tf_agents_source.SPEC_SUFFIX, spec)
     return str(path)
 
 
@@ -177,18 +176,18 @@ def trajectory_spec(observation=None, action=None, reward=None):
 def test_spec_that_is_no_continuous_transition_is_refused(tmp_path, spec, message):
     path = write_spec_only(tmp_path / "bad.tfrecord", spec)
     with pytest.raises(DataError, match=message) as caught:
-        trajectories.open_source(path)
-    assert path + trajectories.SPEC_SUFFIX in str(caught.value)
+        sources.open_source(f"tf_agents:{path}")
+    assert path + tf_agents_source.SPEC_SUFFIX in str(caught.value)
 
 
 def test_missing_spec_and_broken_stream_are_refused(recorded, tmp_path):
     lonely = tmp_path / "lonely.tfrecord"
     lonely.write_bytes((recorded[0] / "traj.tfrecord").read_bytes())
     with pytest.raises(DataError, match=r"lonely.tfrecord.spec: spec file not found"):
-        trajectories.open_source(str(lonely))
+        sources.open_source(f"tf_agents:{lonely}")
     # Record 1 announces LAST but record 2 is MID: two streams interleaved.
     with pytest.raises(DataError, match=r"x.tfrecord: record 1 announces a LAST step but record 2 is MID"):
-        trajectories.transition_rows(np.array([0, 1, 1, 1]), np.array([1, 2, 1, 1]), "x.tfrecord")
+        tf_agents_source.transition_rows(np.array([0, 1, 1, 1]), np.array([1, 2, 1, 1]), "x.tfrecord")
 
 
 # The policy side: a tiny SORL agent exported by serving/export.py, run by TF-Agents' drivers.

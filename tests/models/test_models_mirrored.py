@@ -19,7 +19,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings
-    sys.path.insert(0, sys.argv[1])
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -80,12 +79,9 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    script = tmp_path_factory.mktemp("mirrored") / "compare.py"
-    script.write_text(SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=600, cwd=str(REPO)
-    )
+def comparison():
+    # `-c` in the repository root imports the checkout, as `python -m pytest` there does.
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

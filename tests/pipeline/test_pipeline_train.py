@@ -209,7 +209,6 @@ import sys, json
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, {root!r})
 from models.config import get_config
 from pipeline import training
 config = get_config("cube", ["steps=5", "log_every=5", "eval_episodes=0", "batch_size=32",
@@ -221,7 +220,7 @@ print(json.dumps({{"replicas": training.make_strategy("mirrored").num_replicas_i
 
 
 def test_mirrored_strategy_trains_on_two_logical_cpus(cube_tfrecord_dir, tmp_path):
-    script = MIRRORED_SCRIPT.format(root=str(ROOT), data=str(cube_tfrecord_dir), workdir=str(tmp_path / "run"))
+    script = MIRRORED_SCRIPT.format(data=str(cube_tfrecord_dir), workdir=str(tmp_path / "run"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """Trajectory files written by TF-Agents, read as this project's transitions.
 
-`python pipeline/preprocess.py --input=tf_agents:PATH --output=DIR` converts them (through
-`open_source` and `read` below, plugged into data/sources.py). PATH is a trajectory file, a glob
+`python pipeline/preprocess.py --input=tf_agents:PATH --output=DIR` converts them (data/sources.py
+opens them with `describe` and reads them with `transitions`). PATH is a trajectory file, a glob
 of them, or a directory (each file with its `.spec` beside it). A file whose name before its
 extension ends in `-val` (`traj-val.tfrecord`) goes to the validation split, the others to
 train; so `tf_agents:DIR/traj.tfrecord` takes `DIR/traj-val.tfrecord` as validation data when
@@ -31,7 +31,8 @@ file's last, or one after which recording restarted at a reset) has no s_{t+1} a
 source's.
 
 Only TensorFlow is needed (the spec proto ships with it), so the core environment converts these
-files without tf_agents installed.
+files without tf_agents installed: this is a data source like data/ogbench_source.py, not part of
+the optional interop/tf_agents layer.
 """
 
 import dataclasses
@@ -351,7 +352,7 @@ def to_columns(transitions: TrajectoryFile) -> dict:
     }
 
 
-# The Beam job's source: data/sources.py dispatches 'tf_agents:PATH' to these three functions.
+# What data/sources.py needs for 'tf_agents:PATH': describe the files, read ranges of them.
 
 
 def is_validation_file(path: str) -> bool:
@@ -382,20 +383,10 @@ def split_files(pattern: str) -> dict:
     return {split: tuple(paths) for split, paths in splits.items() if paths}
 
 
-def open_source(pattern: str, env: str | None = None):
-    """Checks the trajectory files named by `pattern` and describes them as a data.sources.Source
-    whose inputs are split -> file paths and whose sizes count files (a Beam shard reads whole
-    files; many files make many shards). Reads every file's step types once, to count its
-    transitions exactly."""
-    from data.sources import Source  # data.sources dispatches here: import it late
-
-    if env:
-        raise DataError(
-            f"--env={env}: TF-Agents trajectories carry their own rewards (stored under "
-            f"'{REWARD_KEY}'); there are no task rewards to relabel: drop --env"
-        )
-    if "://" not in pattern:
-        pattern = os.path.abspath(pattern)
+def describe(pattern: str) -> dict:
+    """Checks the trajectory files named by `pattern` (an absolute path or URL) and describes them:
+    {'inputs': split -> file paths, 'obs_dim', 'action_dim', 'transitions': split -> count}.
+    Reads every file's step types once, to count its transitions exactly."""
     inputs = split_files(pattern)
     dims, transitions = {}, {}
     for paths in inputs.values():
@@ -411,26 +402,21 @@ def open_source(pattern: str, env: str | None = None):
                 f"{path}: observation/action dims {path_dims[0]}/{path_dims[1]} differ from "
                 f"{first}'s {dims[first][0]}/{dims[first][1]}; convert each environment's files apart"
             )
-    obs_dim, action_dim = dims[first]
-    return Source(
-        spec=f"tf_agents:{pattern}", kind="tf_agents", env=None, env_id=pattern,
-        reward_kind=None, obs_dim=obs_dim, action_dim=action_dim, reward_keys=(REWARD_KEY,),
-        targets={}, inputs=inputs, sizes={split: len(paths) for split, paths in inputs.items()},
-        transitions_hint={split: sum(transitions[path] for path in paths)
-                          for split, paths in inputs.items()},
-    )
+    return {
+        "inputs": inputs, "obs_dim": dims[first][0], "action_dim": dims[first][1],
+        "transitions": {split: sum(transitions[path] for path in paths) for split, paths in inputs.items()},
+    }
 
 
-def read(source, split: str, start: int, stop: int) -> tuple[dict, int]:
-    """(columns, episodes) of the files [start, stop) of `split`."""
-    parts = [read_trajectory_file(path) for path in source.inputs[split][start:stop]]
+def transitions(paths) -> tuple[dict, int]:
+    """(columns, episodes) of the trajectory files `paths`, in order."""
+    parts = [read_trajectory_file(path) for path in paths]
     columns = [to_columns(part) for part in parts]
     merged = {name: np.concatenate([part[name] for part in columns]).astype(np.float32)
               for name in columns[0]}
     return merged, sum(len(np.unique(part.episode_ids)) for part in parts)
 
 
-def source_files(source) -> list:
-    """Every trajectory file and its .spec, for the dataset's checksums."""
-    paths = [path for split in schema.SPLITS for path in source.inputs.get(split, ())]
-    return sorted(paths + [path + SPEC_SUFFIX for path in paths])
+def source_files(paths) -> list:
+    """The trajectory files `paths` and their .spec files, for the dataset's checksums."""
+    return sorted(list(paths) + [path + SPEC_SUFFIX for path in paths])
