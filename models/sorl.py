@@ -275,7 +275,7 @@ class SORLAgent(keras.Model):
             "actor/sc_loss": actor_info["sc_loss"],
             "actor/q_loss": actor_info["q_loss"],
             "actor/q_mean": actor_info["q_mean"],
-            "actor/k": tf.cast(draws["actor_steps"], tf.float32),
+            "actor/k": tf.cast(draws["actor_euler_steps"], tf.float32),
             "actor/grad_norm": actor_norm,
         }
         for name, value in values.items():
@@ -294,7 +294,7 @@ class SORLAgent(keras.Model):
                 self.target_critic,
                 batch,
                 draws["critic_noise"],
-                draws["critic_steps"],
+                draws["critic_euler_steps"],
                 config.m_btt,
                 config.discount,
                 config.q_agg,
@@ -344,7 +344,7 @@ class SORLAgent(keras.Model):
             return grads, info["q_mean"], info["q_abs_mean"]
 
         branches = [functools.partial(q_branch, k) for k in sampling.step_counts(config.m_btt)]
-        q_grads, q_mean, q_abs_mean = tf.switch_case(_log2_index(draws["actor_steps"]), branches)
+        q_grads, q_mean, q_abs_mean = tf.switch_case(_log2_index(draws["actor_euler_steps"]), branches)
         normaliser = context.all_reduce(tf.distribute.ReduceOp.SUM, q_abs_mean * share)  # full-batch mean |Q|
         q = -q_mean / normaliser
         grads = [b + (config.q_loss_coef / normaliser) * g for b, g in zip(behaviour_grads, q_grads)]

@@ -63,7 +63,7 @@ def reference_gradients(agent, batch, draws):
             agent.target_critic,
             batch,
             draws["critic_noise"],
-            int(draws["critic_steps"]),
+            int(draws["critic_euler_steps"]),
             config.m_btt,
             config.discount,
             config.q_agg,
@@ -84,7 +84,7 @@ def reference_gradients(agent, batch, draws):
             config.t_eps,
         )
         q, _ = losses.q_loss(
-            agent.actor, agent.critic, batch["observations"], draws["q_noise"], int(draws["actor_steps"]), config.m_btt
+            agent.actor, agent.critic, batch["observations"], draws["q_noise"], int(draws["actor_euler_steps"]), config.m_btt
         )
         actor_loss = config.fm_coef * fm + config.sc_coef * sc + config.q_loss_coef * q
     actor_grads = tape.gradient(actor_loss, agent.actor.trainable_variables)
@@ -93,8 +93,8 @@ def reference_gradients(agent, batch, draws):
 
 def fixed_draws(critic_steps, actor_steps, seed=3):
     draws = losses.draw_loss_inputs(tf.constant([seed, 0], tf.int64), BATCH, ACTION_DIM, 8, 8)
-    draws["critic_steps"] = tf.constant(critic_steps)
-    draws["actor_steps"] = tf.constant(actor_steps)
+    draws["critic_euler_steps"] = tf.constant(critic_steps)
+    draws["actor_euler_steps"] = tf.constant(actor_steps)
     return draws
 
 

@@ -219,6 +219,6 @@ def test_drawn_inputs_follow_the_spec_distributions():
     again = losses.draw_loss_inputs(tf.constant([7, 0], tf.int64), 256, 5, m_disc=8, m_btt=8)
     for key in draws:
         np.testing.assert_array_equal(draws[key].numpy(), again[key].numpy())
-    ks = {int(losses.draw_loss_inputs(tf.constant([7, i], tf.int64), 4, 1, 8, 8)["actor_steps"]) for i in range(64)}
+    ks = {int(losses.draw_loss_inputs(tf.constant([7, i], tf.int64), 4, 1, 8, 8)["actor_euler_steps"]) for i in range(64)}
     assert ks == {1, 2, 4, 8}
     assert sampling.step_counts(8) == sorted(ks)
