@@ -6,6 +6,10 @@ data ('cube-single-v0'), the single-task environments that define the five rewar
 ('cube-single-singletask-task{1..5}-v0') and the ids that evaluation passes to
 `ogbench.make_env_and_datasets` ('cube-single-play-singletask-task{1..5}-v0').
 
+Each family also carries the paper's training preset (SPEC section 5): q_loss_coef, discount,
+q_agg, the evaluation episode length and the default task (OGBench's own: max_episode_steps of the
+registered env, and the task its reward_task_id 0 resolves to).
+
 `task_targets` reads each task's goal from the environment itself, exactly where
 `ogbench.relabel_utils.relabel_dataset` reads it, so relabelled rewards match OGBench's.
 """
@@ -29,6 +33,13 @@ class EnvFamily:
     num_tasks: int = 5  # Single-task variants task1..taskN.
     # Play-data generation: per-episode p_stack ~ U(lo, hi) for set_new_target; None: no generator.
     p_stack_range: tuple[float, float] | None = None
+    _: dataclasses.KW_ONLY
+    # The paper's preset (SPEC section 5).
+    q_loss_coef: float  # Weight of the normalised Q loss in the actor objective.
+    discount: float  # Bellman discount.
+    q_agg: str  # Aggregation over critic members: 'mean' or 'min'.
+    episode_length: int  # Evaluation episode length (OGBench's max_episode_steps).
+    default_task: int  # The task OGBench's default single-task env uses (reward_task_id 0).
 
     @property
     def dataset_name(self) -> str:
@@ -56,14 +67,22 @@ class EnvFamily:
 FAMILIES = {
     family.name: family
     for family in [
-        EnvFamily("cube-single-play", "cube-single", "cube", p_stack_range=(0.0, 0.0)),
-        EnvFamily("cube-double-play", "cube-double", "cube", p_stack_range=(0.0, 0.25)),
-        EnvFamily("scene-play", "scene", "scene"),
-        EnvFamily("antmaze-large-navigate", "antmaze-large", "maze"),
-        EnvFamily("antmaze-giant-navigate", "antmaze-giant", "maze"),
-        EnvFamily("humanoidmaze-medium-navigate", "humanoidmaze-medium", "maze"),
-        EnvFamily("humanoidmaze-large-navigate", "humanoidmaze-large", "maze"),
-        EnvFamily("antsoccer-arena-navigate", "antsoccer-arena", "soccer"),
+        EnvFamily("cube-single-play", "cube-single", "cube", p_stack_range=(0.0, 0.0),
+                  q_loss_coef=10.0, discount=0.99, q_agg="mean", episode_length=200, default_task=2),
+        EnvFamily("cube-double-play", "cube-double", "cube", p_stack_range=(0.0, 0.25),
+                  q_loss_coef=50.0, discount=0.99, q_agg="mean", episode_length=500, default_task=2),
+        EnvFamily("scene-play", "scene", "scene",
+                  q_loss_coef=100.0, discount=0.99, q_agg="mean", episode_length=750, default_task=2),
+        EnvFamily("antmaze-large-navigate", "antmaze-large", "maze",
+                  q_loss_coef=500.0, discount=0.99, q_agg="min", episode_length=1000, default_task=1),
+        EnvFamily("antmaze-giant-navigate", "antmaze-giant", "maze",
+                  q_loss_coef=500.0, discount=0.995, q_agg="min", episode_length=1000, default_task=1),
+        EnvFamily("humanoidmaze-medium-navigate", "humanoidmaze-medium", "maze",
+                  q_loss_coef=100.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1),
+        EnvFamily("humanoidmaze-large-navigate", "humanoidmaze-large", "maze",
+                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1),
+        EnvFamily("antsoccer-arena-navigate", "antsoccer-arena", "soccer",
+                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=1000, default_task=4),
     ]
 }
 

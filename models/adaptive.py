@@ -10,10 +10,10 @@ The threshold is relative to |Q| so one value means the same across environments
 differ in scale (cube-single: Q in [-100, 0]; reward scales differ by env). threshold = 0 doubles
 while Q strictly increases. A row stops at the first k whose doubled action does not beat it by
 more than the threshold and returns a_k (gains inside the threshold are treated as critic noise),
-or reaches `max_steps` and returns a_max_steps. Rows stop independently; only rows still
+or reaches `max_euler_steps` and returns a_max_euler_steps. Rows stop independently; only rows still
 improving are integrated further (gathered, run, scattered back), so easy states cost little.
 
-Cost of a row that returns a_k: it evaluated levels 1, 2, ..., min(2k, max_steps), i.e.
+Cost of a row that returns a_k: it evaluated levels 1, 2, ..., min(2k, max_euler_steps), i.e.
 `actor_evaluations` = 1 + 2 + ... (sum of those k) velocity calls and one Q call per level.
 
 Everything is TensorFlow and traceable: `serving/export.py` exports it as the `act_adaptive`
@@ -25,16 +25,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-
-def step_levels(max_steps: int) -> list[int]:
-    """[1, 2, 4, ..., max_steps]; max_steps must be a power of two (the shortcut's step sizes)."""
-    max_steps = int(max_steps)
-    if max_steps < 1 or max_steps & (max_steps - 1):
-        raise ValueError(f"max_steps={max_steps}: the adaptive cap must be a power of two (1, 2, 4, 8, ...)")
-    return [2**i for i in range(max_steps.bit_length())]
+from models import noise as noise_lib
 
 
-def adaptive_act(agent, observations, noise=None, max_steps: int = 8, threshold: float = 0.0, seed=None):
+def step_levels(max_euler_steps: int) -> list[int]:
+    """[1, 2, 4, ..., max_euler_steps]; the cap must be a power of two (the shortcut's step sizes)."""
+    max_euler_steps = int(max_euler_steps)
+    if max_euler_steps < 1 or max_euler_steps & (max_euler_steps - 1):
+        raise ValueError(f"max_euler_steps={max_euler_steps}: the adaptive cap must be a power of two "
+                         f"(1, 2, 4, 8, ...)")
+    return [2**i for i in range(max_euler_steps.bit_length())]
+
+
+def adaptive_act(agent, observations, noise=None, max_euler_steps: int = 8, threshold: float = 0.0, seed=None,
+                 cap_step_level: bool = False):
     """Actions with a per-observation number of Euler steps chosen by the critic.
 
     Args:
@@ -43,15 +47,16 @@ def adaptive_act(agent, observations, noise=None, max_steps: int = 8, threshold:
       noise: optional [B, 1, A] (or [B, A]) float32 starting noise, shared by every k tried for a row (so rows
         are reproducible and batched rows equal single-row calls). Drawn if None: statelessly from
         `seed` when given, else from TF's global generator.
-      max_steps: python int cap on k, a power of two.
+      max_euler_steps: python int cap on k, a power of two.
       threshold: python float or scalar tensor, relative Q-gain threshold (see module docstring).
       seed: optional int scalar (tensor) for stateless noise when `noise` is None.
+      cap_step_level: passed to agent.act (keeps d at most log2(m_disc) for k > m_disc).
 
     Returns:
       (actions [B, A] float32 in [-1, 1], steps_used [B] int32): the Euler steps of each returned
-      action (1 <= steps_used <= max_steps).
+      action (1 <= steps_used <= max_euler_steps).
     """
-    levels = step_levels(max_steps)
+    levels = step_levels(max_euler_steps)
     observations = tf.convert_to_tensor(observations, tf.float32)
     batch = tf.shape(observations)[0]
     if noise is None:
@@ -61,7 +66,7 @@ def adaptive_act(agent, observations, noise=None, max_steps: int = 8, threshold:
         noise = noise[:, None, :]
     threshold = tf.cast(threshold, tf.float32)
 
-    actions = agent.act(observations, steps=1, num_samples=1, noise=noise)
+    actions = agent.act(observations, euler_steps=1, num_samples=1, noise=noise, cap_step_level=cap_step_level)
     q_current = _q(agent, observations, actions, 1)
     steps_used = tf.ones([batch], tf.int32)
     active = tf.range(batch)  # rows still improving
@@ -70,7 +75,8 @@ def adaptive_act(agent, observations, noise=None, max_steps: int = 8, threshold:
         def refine(actions=actions, q_current=q_current, steps_used=steps_used, active=active, k=k):
             rows = active[:, None]
             obs_k = tf.gather(observations, active)
-            candidate = agent.act(obs_k, steps=k, num_samples=1, noise=tf.gather(noise, active))
+            candidate = agent.act(obs_k, euler_steps=k, num_samples=1, noise=tf.gather(noise, active),
+                                  cap_step_level=cap_step_level)
             q_candidate = _q(agent, obs_k, candidate, k)
             q_before = tf.gather(q_current, active)
             improving = q_candidate - q_before > threshold * tf.abs(q_before)
@@ -89,28 +95,27 @@ def adaptive_act(agent, observations, noise=None, max_steps: int = 8, threshold:
     return actions, steps_used
 
 
-def _q(agent, observations, actions, steps):
+def _q(agent, observations, actions, euler_steps):
     """agg Q(s, a, k) as float32 [B]."""
-    return tf.cast(tf.reshape(agent.q_values(observations, actions, steps), [-1]), tf.float32)
+    return tf.cast(tf.reshape(agent.q_values(observations, actions, euler_steps), [-1]), tf.float32)
 
 
 def _draw_noise(agent, batch, seed):
     shape = tf.stack([batch, 1, int(agent.action_dim)])
     if seed is None:
         return tf.random.normal(shape)
-    seed = tf.cast(seed, tf.int64)
-    return tf.random.stateless_normal(shape, seed=tf.stack([seed, tf.constant(0x5EED, tf.int64)]))
+    return noise_lib.seeded_normal(shape, seed, noise_lib.ADAPTIVE_SEED_WORD)
 
 
-def actor_evaluations(steps_used, max_steps: int) -> np.ndarray:
-    """Velocity-network evaluations spent on each row, from the steps of the action it returned."""
+def actor_evaluations(steps_used, max_euler_steps: int) -> np.ndarray:
+    """Velocity-network evaluations spent on each row, from the Euler steps of the action it returned."""
     steps_used = np.asarray(steps_used, np.int64)
-    last_level = np.minimum(2 * steps_used, int(max_steps))  # a row returning a_k also tried a_2k
+    last_level = np.minimum(2 * steps_used, int(max_euler_steps))  # a row returning a_k also tried a_2k
     return 2 * last_level - 1  # 1 + 2 + ... + last_level
 
 
-def critic_evaluations(steps_used, max_steps: int) -> np.ndarray:
+def critic_evaluations(steps_used, max_euler_steps: int) -> np.ndarray:
     """Q evaluations spent on each row: one per level tried."""
     steps_used = np.asarray(steps_used, np.int64)
-    last_level = np.minimum(2 * steps_used, int(max_steps))
+    last_level = np.minimum(2 * steps_used, int(max_euler_steps))
     return np.log2(last_level).astype(np.int64) + 1

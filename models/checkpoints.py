@@ -1,54 +1,49 @@
-"""Run-directory helpers: the resolved config beside the checkpoints, and loading an agent back.
+"""Run directories: reading config.json back (any version), checkpoints, and loading an agent.
 
-    RUN/config.json      {"config": {...SORLConfig...}, "obs_dim": 28, "action_dim": 5, "extra": {...}}
+    RUN/config.json      {"agent": {...AgentConfig...}, "data": {env, task, episode_length},
+                          "schedule": {gradient_steps, log_every, ...}, "obs_dim": 28, "action_dim": 5,
+                          "data_dir": "...", "strategy": "default"}   (pipeline.config.save_run_config)
     RUN/checkpoints/     tf.train.CheckpointManager files: ckpt-<step>.index/.data-*, checkpoint
+
+Runs written before the agent and run configs were split hold {"config": {flat SORLConfig},
+"obs_dim", "action_dim", "extra": {"data", "strategy"}}; read_config_file converts them, so every
+reader (load_agent here, pipeline.config.load_run_config) goes through that one parser.
 
 A checkpoint holds the whole agent (networks, targets, both optimizers, random-stream counters)
 under the name `agent`, plus the run's step counter under `step`.
 """
 
-import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from models.config import SORLConfig, config_from_dict, config_to_dict
+from models.config import AgentConfig, agent_config_from_dict, split_old_config
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+_DATA_FIELDS = ("env", "task", "episode_length")  # of an old flat config: the run's data source
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    """Writes next to `path` and renames, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=2, sort_keys=True)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+def _convert_old_layout(payload: dict) -> dict:
+    """An old {"config": {flat}, ..., "extra": {...}} file in the current layout (see the module docstring)."""
+    agent, run = split_old_config(payload["config"])
+    run.pop("cap_step_level", None)  # now an argument of act/evaluate/export, not part of a run
+    extra = payload.get("extra") or {}
+    return {
+        "agent": agent,
+        "data": {k: run.pop(k) for k in _DATA_FIELDS if k in run},
+        "schedule": run,
+        "obs_dim": payload["obs_dim"],
+        "action_dim": payload["action_dim"],
+        "data_dir": extra.get("data"),
+        "strategy": extra.get("strategy"),
+    }
 
 
-def write_run_config(workdir, config: SORLConfig, obs_dim: int, action_dim: int, extra: Optional[dict] = None) -> str:
-    """Writes workdir/config.json (config, obs_dim, action_dim, optional extra); returns its path."""
-    path = Path(workdir) / CONFIG_FILE
-    payload = {"config": config_to_dict(config), "obs_dim": int(obs_dim), "action_dim": int(action_dim)}
-    if extra:
-        payload["extra"] = dict(extra)
-    _write_json_atomically(path, payload)
-    return str(path)
-
-
-def read_run_config(workdir) -> dict:
-    """workdir/config.json as written by write_run_config ("config" stays a plain dict).
+def read_config_file(workdir) -> dict:
+    """workdir/config.json in the current layout (module docstring), old files converted.
 
     Raises FileNotFoundError / ValueError naming the file and what is wrong with it.
     """
@@ -59,10 +54,13 @@ def read_run_config(workdir) -> dict:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); restore it or start a new run directory.") from None
-    for key in ("config", "obs_dim", "action_dim"):
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} holds a {type(payload).__name__}, not a JSON object; it was not written by training.")
+    layout = ("config",) if "config" in payload and "agent" not in payload else ("agent", "data", "schedule")
+    for key in layout + ("obs_dim", "action_dim"):
         if key not in payload:
-            raise ValueError(f"{path} has no field {key!r}; it was not written by models.checkpoints.write_run_config.")
-    return payload
+            raise ValueError(f"{path} has no field {key!r}; it was not written by pipeline.config.save_run_config.")
+    return _convert_old_layout(payload) if layout == ("config",) else payload
 
 
 def make_checkpoint_manager(agent, workdir, step_variable, max_to_keep: int = 3) -> tf.train.CheckpointManager:
@@ -77,21 +75,21 @@ def make_checkpoint_manager(agent, workdir, step_variable, max_to_keep: int = 3)
     )
 
 
-def load_agent(
-    workdir, checkpoint_path: Optional[str] = None, cap_step_level: Optional[bool] = None
-) -> Tuple["SORLAgent", SORLConfig, int]:  # noqa: F821
-    """(agent, config, step) from a run directory: the latest checkpoint, or `checkpoint_path`.
+def load_agent(workdir, checkpoint_path: Optional[str] = None) -> Tuple["SORLAgent", AgentConfig, int]:  # noqa: F821
+    """(agent, agent config, step) from a run directory: the latest checkpoint, or `checkpoint_path`.
 
-    The agent is rebuilt from config.json and every saved variable is restored into it (an
-    architecture that does not match the checkpoint raises an error naming the checkpoint).
-    `cap_step_level`, if given, replaces the run's setting of that inference-only field.
+    The agent is rebuilt from config.json (any version, see read_config_file) and every saved
+    variable is restored into it (an architecture that does not match the checkpoint raises an
+    error naming the checkpoint). Inference options (Euler steps, cap_step_level) are arguments of
+    agent.act, not part of the run.
     """
     from models.sorl import SORLAgent  # here: checkpoints is imported by code that never builds agents
 
-    run = read_run_config(workdir)
-    config = config_from_dict(run["config"])
-    if cap_step_level is not None:
-        config = dataclasses.replace(config, cap_step_level=bool(cap_step_level))
+    run = read_config_file(workdir)
+    try:
+        config = agent_config_from_dict(run["agent"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{Path(workdir) / CONFIG_FILE}: {error}") from None
     if checkpoint_path is None:
         directory = Path(workdir) / CHECKPOINT_DIR
         checkpoint_path = tf.train.latest_checkpoint(str(directory))

@@ -1,26 +1,18 @@
-"""SORL hyper-parameters: one frozen dataclass, the paper's per-environment presets, and parsing.
+"""The agent's hyper-parameters: one frozen dataclass, its JSON form, and the old flat form it replaced.
 
-`get_config("cube")` gives the paper's cube-single-play settings (SPEC section 5); `overrides` are
-"key=value" strings parsed by the field's type, so a command line can change any field:
-
-    cfg = get_config("antmaze-large", ["steps=100000", "actor_hidden_dims=256,256"])
+`AgentConfig` holds what defines a trained agent (networks, optimisers, losses, the default Euler
+budget). The run around it (env, task, schedule) is pipeline/config.py's `RunConfig`; inference
+options (Euler steps, best-of-N, cap_step_level) are arguments of `SORLAgent.act`.
 """
 
 import dataclasses
 import typing
-from typing import Iterable, Mapping, Tuple
-
-from data import envs
+from typing import Mapping, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
-class SORLConfig:
-    """Every hyper-parameter of a SORL run. Defaults are the paper's cube-single-play settings."""
-
-    # Environment.
-    env: str = "cube-single-play"  # OGBench dataset family (a key of PRESETS).
-    task: int = 2  # Single-task reward id, 1..5 (the family's default task in OGBench).
-    episode_length: int = 200  # Evaluation episode length (OGBench's max_episode_steps).
+class AgentConfig:
+    """Every hyper-parameter of a SORL agent. Defaults are the paper's cube-single-play settings."""
 
     # Networks.
     actor_hidden_dims: Tuple[int, ...] = (512, 512, 512, 512)  # Shortcut actor MLP widths.
@@ -48,31 +40,32 @@ class SORLConfig:
     m_disc: int = 8  # Finest discretisation (flow matching at h = 1/m_disc); a power of two.
     m_btt: int = 8  # Largest Euler unroll back-propagated through in training; a power of two.
     t_eps: float = 1e-5  # Interpolation epsilon: x_t = (1 - (1 - t_eps) t) x0 + t x1.
-    inference_steps: int = 4  # Default Euler steps at inference (M_inf).
-    # Inference with k > m_disc: False feeds d = log2 k (SPEC section 4), a level never trained;
-    # True caps d at log2(m_disc), i.e. more, smaller steps of the flow-matching velocity.
-    cap_step_level: bool = False
+    inference_euler_steps: int = 4  # Euler steps of act() when the caller names none (M_inf).
 
-    # Training loop (read by pipeline/train.py).
+    # Data order and randomness.
     batch_size: int = 256  # Global batch size (split across replicas under a strategy).
-    steps: int = 1_000_000  # Gradient steps.
     seed: int = 0  # Seeds weight initialisation, training noise and the data order.
-    log_every: int = 5_000  # Steps between metric logs.
-    eval_every: int = 100_000  # Steps between environment evaluations.
-    eval_episodes: int = 50  # Episodes per task and inference budget in an evaluation.
-    checkpoint_every: int = 100_000  # Steps between checkpoints.
-    jit_compile: bool = True  # Compile train_step with XLA.
 
     def __post_init__(self):
         _validate(self)
+
+
+# The flat SORLConfig of config.json files written before the agent and run configs were split:
+# these keys described the run, not the agent, and are dropped when such a dict is read as an agent.
+OLD_RUN_FIELDS = (
+    "env", "task", "episode_length", "steps", "log_every", "eval_every", "eval_episodes",
+    "checkpoint_every", "jit_compile", "cap_step_level",
+)
+# Old name -> current name, for the agent's and the schedule's fields.
+RENAMED_FIELDS = {"inference_steps": "inference_euler_steps", "steps": "gradient_steps"}
 
 
 def _is_power_of_two(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
 
-def _validate(cfg: SORLConfig) -> None:
-    """Raises ValueError naming the field and value when a setting cannot work."""
+def _validate(cfg: AgentConfig) -> None:
+    """Raises ValueError naming each field, its value and what it must be."""
     problems = []
     if cfg.q_agg not in ("mean", "min"):
         problems.append(f"q_agg={cfg.q_agg!r} must be 'mean' or 'min'")
@@ -82,123 +75,43 @@ def _validate(cfg: SORLConfig) -> None:
             problems.append(f"{name}={value} must be a power of two (1, 2, 4, 8, ...)")
     if cfg.m_disc < 2:
         problems.append(f"m_disc={cfg.m_disc} must be >= 2 (self-consistency needs two levels)")
-    if not 1 <= cfg.task <= 5:
-        problems.append(f"task={cfg.task} must be one of 1..5 (OGBench single-task ids)")
-    if cfg.inference_steps < 1:
-        problems.append(f"inference_steps={cfg.inference_steps} must be >= 1")
+    if cfg.inference_euler_steps < 1:
+        problems.append(f"inference_euler_steps={cfg.inference_euler_steps} must be >= 1")
     if cfg.num_critics < 1:
         problems.append(f"num_critics={cfg.num_critics} must be >= 1")
     if not 0.0 <= cfg.tau <= 1.0:
         problems.append(f"tau={cfg.tau} must be in [0, 1]")
-    if not cfg.actor_hidden_dims or not cfg.critic_hidden_dims:
-        problems.append("actor_hidden_dims and critic_hidden_dims need at least one layer")
+    for name in ("actor_hidden_dims", "critic_hidden_dims"):
+        value = getattr(cfg, name)
+        if not value or any(width < 1 for width in value):
+            problems.append(f"{name}={value} must be one or more widths >= 1")
     if cfg.batch_size < 1:
         problems.append(f"batch_size={cfg.batch_size} must be >= 1")
     if problems:
-        raise ValueError("Invalid SORLConfig: " + "; ".join(problems) + ".")
+        raise ValueError("Invalid AgentConfig: " + "; ".join(problems) + ".")
 
 
-# Paper settings per OGBench family (SPEC section 5). default task and episode length are
-# OGBench's own (reward_task_id 0 -> default task; max_episode_steps of the registered env).
-PRESETS: Mapping[str, Mapping[str, object]] = {
-    "cube-single-play": dict(q_loss_coef=10.0, discount=0.99, q_agg="mean", episode_length=200, task=2),
-    "cube-double-play": dict(q_loss_coef=50.0, discount=0.99, q_agg="mean", episode_length=500, task=2),
-    "scene-play": dict(q_loss_coef=100.0, discount=0.99, q_agg="mean", episode_length=750, task=2),
-    "antmaze-large-navigate": dict(q_loss_coef=500.0, discount=0.99, q_agg="min", episode_length=1000, task=1),
-    "antmaze-giant-navigate": dict(q_loss_coef=500.0, discount=0.995, q_agg="min", episode_length=1000, task=1),
-    "humanoidmaze-medium-navigate": dict(
-        q_loss_coef=100.0, discount=0.995, q_agg="mean", episode_length=2000, task=1
-    ),
-    "humanoidmaze-large-navigate": dict(
-        q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=2000, task=1
-    ),
-    "antsoccer-arena-navigate": dict(q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=1000, task=4),
-}
-
-def resolve_env(env: str) -> str:
-    """Maps any accepted spelling ('cube', 'cube-single', 'cube-single-v0', ...) to its PRESETS key.
-
-    The spellings are data.envs' (the one registry of OGBench families); ValueError lists them.
-    """
-    return envs.resolve_env(env).name
+def field_types(cls) -> dict:
+    """{field name: type} of a config dataclass (string annotations resolved)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def eval_env_id(family: str, task: int) -> str:
-    """OGBench single-task id, e.g. ('cube-single-play', 2) -> 'cube-single-play-singletask-task2-v0'."""
-    return envs.resolve_env(family).eval_env_name(task)
-
-
-def _field_types() -> dict:
-    hints = typing.get_type_hints(SORLConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(SORLConfig)}
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use true/false)")
-
-
-def _parse_value(key: str, text: str, field_type) -> object:
-    """Parses `text` as the type of field `key`; ValueError naming the key and the value."""
-    try:
-        if field_type is bool:
-            return _parse_bool(text)
-        if field_type is int:
-            number = float(text)  # accepts "1e6"
-            if not number.is_integer():
-                raise ValueError("not an integer")
-            return int(number)
-        if field_type is float:
-            return float(text)
-        if field_type is str:
-            return text
-        if typing.get_origin(field_type) is tuple:
-            parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-            return tuple(int(p) for p in parts)
-    except ValueError as error:
-        raise ValueError(f"Override {key}={text!r}: cannot parse as {field_type}: {error}.") from None
-    raise TypeError(f"Field {key} has unsupported type {field_type}.")
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict:
-    """["key=value", ...] -> {key: typed value}; ValueError for unknown keys or malformed items."""
-    types = _field_types()
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"Override {item!r} must look like key=value.")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in types:
-            raise ValueError(f"Unknown config key {key!r} in override {item!r}. Valid keys: {', '.join(types)}.")
-        parsed[key] = _parse_value(key, text.strip(), types[key])
-    return parsed
-
-
-def get_config(env: str = "cube-single-play", overrides: Iterable[str] = ()) -> SORLConfig:
-    """The paper's preset for `env` (family name or alias), then `overrides` ("key=value") on top."""
-    parsed = parse_overrides(overrides)
-    family = resolve_env(parsed.pop("env", env))  # an env override picks the preset too
-    values = dict(PRESETS[family], env=family)
-    values.update(parsed)
-    return SORLConfig(**values)
-
-
-def config_to_dict(cfg: SORLConfig) -> dict:
-    """JSON-ready dict (tuples become lists)."""
+def to_dict(cfg) -> dict:
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def config_from_dict(values: Mapping[str, object]) -> SORLConfig:
-    """Inverse of config_to_dict; unknown keys raise ValueError naming them."""
-    types = _field_types()
+def from_dict(cls, values: Mapping[str, object], what: str = ""):
+    """`cls(**values)` from JSON values (lists become tuples, ints of float fields floats).
+
+    Unknown keys raise ValueError naming them, `what` (where they came from) and the valid keys.
+    """
+    types = field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"Unknown config keys {unknown}. Valid keys: {', '.join(types)}.")
+        where = f" in {what}" if what else ""
+        raise ValueError(f"Unknown {cls.__name__} keys {unknown}{where}. Valid keys: {', '.join(types)}.")
     converted = {}
     for key, value in values.items():
         field_type = types[key]
@@ -207,4 +120,29 @@ def config_from_dict(values: Mapping[str, object]) -> SORLConfig:
         elif field_type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         converted[key] = value
-    return SORLConfig(**converted)
+    return cls(**converted)
+
+
+def split_old_config(values: Mapping[str, object]) -> Tuple[dict, dict]:
+    """An old flat SORLConfig dict -> (agent fields, run fields), both under their current names.
+
+    A dict already in the new form comes back as (values, {}). Run fields are OLD_RUN_FIELDS.
+    """
+    agent, run = {}, {}
+    for key, value in values.items():
+        target = run if key in OLD_RUN_FIELDS else agent
+        target[RENAMED_FIELDS.get(key, key)] = value
+    return agent, run
+
+
+def agent_config_to_dict(cfg: AgentConfig) -> dict:
+    """JSON-ready dict of an AgentConfig (tuples become lists)."""
+    return to_dict(cfg)
+
+
+def agent_config_from_dict(values: Mapping[str, object]) -> AgentConfig:
+    """Inverse of agent_config_to_dict; also reads the old flat SORLConfig dict of config.json
+    files written before the split (its run fields are dropped, inference_steps is renamed).
+    Unknown keys raise ValueError naming them."""
+    agent, _ = split_old_config(values)
+    return from_dict(AgentConfig, agent)

@@ -6,13 +6,11 @@ by hand; `draw_loss_inputs` draws it the way training does. Networks enter as ca
 """
 
 import math
-from typing import Callable, Mapping, Union
+from typing import Mapping, Union
 
 import tensorflow as tf
 
 from models import sampling
-
-BatchMean = Callable[[tf.Tensor], tf.Tensor]
 
 
 def power_of_two(levels):
@@ -85,27 +83,26 @@ def q_loss(
     critic_fn,
     observations,
     noise,
-    steps: Union[int, tf.Tensor],
-    max_steps: int,
-    batch_mean: BatchMean = tf.reduce_mean,
+    euler_steps: Union[int, tf.Tensor],
+    max_euler_steps: int,
     normaliser=None,
 ):
     """Normalised Q maximisation through a k-step Euler unroll (gradients flow through every step).
 
-    a = clip(k-step sample from noise) with k = `steps` (python int, or int32 scalar tensor in
-    step_counts(max_steps)); Q = mean over members of critic_fn(s, a, k);
-    L_Q = -mean(Q) / stop_gradient(mean(|Q|)). `batch_mean` computes the normaliser's mean; under a
-    distribution strategy the agent passes a cross-replica mean so it equals the single-device one.
-    `normaliser`, if given, replaces stop_gradient(batch_mean(|Q|)) (the agent passes 1 and divides
-    the gradient afterwards, which is the same gradient because the normaliser is a constant).
-    Only the actor should be updated with this loss (the caller differentiates w.r.t. actor weights).
+    a = clip(k-step sample from noise) with k = `euler_steps` (python int, or int32 scalar tensor in
+    step_counts(max_euler_steps)); Q = mean over members of critic_fn(s, a, k);
+    L_Q = -mean(Q) / stop_gradient(mean(|Q|)) over these rows. `normaliser`, if given, replaces
+    mean(|Q|): the agent passes 1 and divides the gradient by the full-batch mean |Q| afterwards
+    (the same gradient, because the normaliser is a constant; under a distribution strategy the
+    full batch spans every replica). Only the actor should be updated with this loss (the caller
+    differentiates w.r.t. actor weights).
     info: q_loss, q_mean = mean(Q), q_abs_mean = mean(|Q|) over these rows.
     """
-    actions = sampling.euler_sample_any(velocity_fn, observations, noise, steps, max_steps)
-    step_feature = tf.fill([tf.shape(observations)[0]], tf.cast(steps, tf.float32))
+    actions = sampling.euler_sample_any(velocity_fn, observations, noise, euler_steps, max_euler_steps)
+    step_feature = tf.fill([tf.shape(observations)[0]], tf.cast(euler_steps, tf.float32))
     q = tf.reduce_mean(critic_fn(observations, actions, step_feature), axis=0)
     if normaliser is None:
-        normaliser = batch_mean(tf.abs(q))
+        normaliser = tf.reduce_mean(tf.abs(q))
     loss = -tf.reduce_mean(q) / tf.stop_gradient(normaliser)
     return loss, {"q_loss": loss, "q_mean": tf.reduce_mean(q), "q_abs_mean": tf.reduce_mean(tf.abs(q))}
 
@@ -116,8 +113,8 @@ def critic_loss(
     target_critic_fn,
     batch: Mapping[str, tf.Tensor],
     next_noise,
-    steps: Union[int, tf.Tensor],
-    max_steps: int,
+    euler_steps: Union[int, tf.Tensor],
+    max_euler_steps: int,
     discount: float,
     q_agg: str,
 ):
@@ -129,9 +126,9 @@ def critic_loss(
     """
     next_observations = batch["next_observations"]
     next_actions = tf.stop_gradient(
-        sampling.euler_sample_any(velocity_fn, next_observations, next_noise, steps, max_steps)
+        sampling.euler_sample_any(velocity_fn, next_observations, next_noise, euler_steps, max_euler_steps)
     )
-    step_feature = tf.fill([tf.shape(next_observations)[0]], tf.cast(steps, tf.float32))
+    step_feature = tf.fill([tf.shape(next_observations)[0]], tf.cast(euler_steps, tf.float32))
     next_q = sampling.aggregate_q(target_critic_fn(next_observations, next_actions, step_feature), q_agg)
     target = tf.stop_gradient(batch["rewards"] + discount * batch["masks"] * next_q)
     q = critic_fn(batch["observations"], batch["actions"], step_feature)
@@ -142,11 +139,11 @@ def critic_loss(
 def draw_loss_inputs(seed, batch_size, action_dim: int, m_disc: int, m_btt: int) -> dict:
     """All random inputs of one SORL update for a batch, as a pure function of `seed` ([2] int).
 
-    Returns a dict of per-row draws ([B] or [B, A] float32) and per-batch step counts (int32 scalars):
-      critic_steps, critic_noise     k and a0 for the critic target's next actions
-      actor_steps, q_noise           k and a0 for the Q loss unroll
-      fm_noise, fm_times             x0 and t = randint(0, m_disc) / m_disc
-      sc_noise, sc_times, sc_levels  x0, t = randint(0, 2^d) / 2^d, and d per row (blocks)
+    Returns a dict of per-row draws ([B] or [B, A] float32) and per-batch Euler step counts k (int32 scalars):
+      critic_euler_steps, critic_noise  k and a0 for the critic target's next actions
+      actor_euler_steps, q_noise        k and a0 for the Q loss unroll
+      fm_noise, fm_times                x0 and t = randint(0, m_disc) / m_disc
+      sc_noise, sc_times, sc_levels     x0, t = randint(0, 2^d) / 2^d, and d per row (blocks)
     """
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
     num_counts = len(sampling.step_counts(m_btt))
@@ -164,9 +161,9 @@ def draw_loss_inputs(seed, batch_size, action_dim: int, m_disc: int, m_btt: int)
     # floor(u * 2^d) is uniform on {0, ..., 2^d - 1}: u * 2^d is an exact scaling of u in [0, 1).
     sc_index = tf.floor(tf.random.stateless_uniform([batch_size], seed=seeds[7]) * sections)
     return {
-        "critic_steps": step_count(seeds[0]),
+        "critic_euler_steps": step_count(seeds[0]),
         "critic_noise": normal(seeds[1]),
-        "actor_steps": step_count(seeds[2]),
+        "actor_euler_steps": step_count(seeds[2]),
         "q_noise": normal(seeds[3]),
         "fm_noise": normal(seeds[4]),
         "fm_times": tf.cast(fm_index, tf.float32) / m_disc,

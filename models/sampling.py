@@ -3,9 +3,9 @@
 The ONE sampling path: training (Q loss, critic targets), evaluation and every exported signature
 use these functions. A `velocity_fn(observations [B, S], x [B, A], t [B], d [B]) -> [B, A]` is the
 shortcut actor; a `critic_fn(observations, actions, k [B]) -> [M, B]` is the critic ensemble.
-A python-int step count unrolls statically and a run-time count runs a bounded tf.while_loop; both
-trace into the caller's graph (XLA-friendly, no nested tf.function) and keep gradients flowing
-through every Euler step.
+A python-int number of Euler steps unrolls statically, a run-time one (euler_sample_any) runs a
+bounded tf.while_loop; both trace into the caller's graph (no nested tf.function) and keep
+gradients flowing through every Euler step.
 """
 
 import math
@@ -17,61 +17,61 @@ VelocityFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 CriticFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def step_counts(max_steps: int) -> List[int]:
-    """The step budgets trained on: powers of two up to max_steps, e.g. 8 -> [1, 2, 4, 8]."""
+def step_counts(max_euler_steps: int) -> List[int]:
+    """The Euler budgets trained on: powers of two up to max_euler_steps, e.g. 8 -> [1, 2, 4, 8]."""
     counts = [1]
-    while counts[-1] * 2 <= max_steps:
+    while counts[-1] * 2 <= max_euler_steps:
         counts.append(counts[-1] * 2)
     return counts
 
 
-def step_level(steps: int, max_level: Optional[float] = None) -> float:
+def step_level(euler_steps: int, max_level: Optional[float] = None) -> float:
     """The step-size input d of a k-step unroll: log2 k, or at most `max_level` when given.
 
     max_level = log2(m_disc), the finest level trained (by flow matching), lets k > m_disc take
     more, smaller steps of that velocity instead of feeding the network a level it never saw.
     """
-    level = math.log2(int(steps))
+    level = math.log2(int(euler_steps))
     return level if max_level is None else min(level, float(max_level))
 
 
-def euler_sample(velocity_fn: VelocityFn, observations, noise, steps: int, clip: bool = True,
+def euler_sample(velocity_fn: VelocityFn, observations, noise, euler_steps: int, clip: bool = True,
                  max_level: Optional[float] = None):
-    """k = `steps` Euler steps from `noise` [B, A]: a <- a + (1/k) v(s, a, i/k, d), i = 0..k-1.
+    """k = `euler_steps` Euler steps from `noise` [B, A]: a <- a + (1/k) v(s, a, i/k, d), i = 0..k-1.
 
-    `steps` is a python int >= 1 (any k); d = step_level(k, max_level), log2 k by default (a
+    `euler_steps` is a python int >= 1 (any k); d = step_level(k, max_level), log2 k by default (a
     float, integer for powers of two). Returns actions [B, A], clipped to [-1, 1] unless clip=False.
     """
-    steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps={steps}: the number of Euler steps must be >= 1.")
+    k = int(euler_steps)
+    if k < 1:
+        raise ValueError(f"euler_steps={k}: the number of Euler steps must be >= 1.")
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.convert_to_tensor(noise, tf.float32)
     batch_size = tf.shape(observations)[0]
-    level = tf.fill([batch_size], step_level(steps, max_level))
+    level = tf.fill([batch_size], step_level(k, max_level))
     actions = noise
-    for i in range(steps):
-        times = tf.fill([batch_size], i / steps)
-        actions = actions + velocity_fn(observations, actions, times, level) * (1.0 / steps)
+    for i in range(k):
+        times = tf.fill([batch_size], i / k)
+        actions = actions + velocity_fn(observations, actions, times, level) * (1.0 / k)
     if clip:
         actions = tf.clip_by_value(actions, -1.0, 1.0)
     return actions
 
 
-def euler_sample_any(velocity_fn: VelocityFn, observations, noise, steps: Union[int, tf.Tensor], max_steps: int):
-    """euler_sample where `steps` may also be a run-time int32 scalar: a power of two <= max_steps.
+def euler_sample_any(velocity_fn: VelocityFn, observations, noise, euler_steps: Union[int, tf.Tensor],
+                     max_euler_steps: int):
+    """euler_sample where `euler_steps` may also be a run-time int32 scalar: a power of two <= max_euler_steps.
 
-    A tensor `steps` runs the same Euler recursion in a tf.while_loop bounded by max_steps, so a
-    compiled train step serves every k without re-tracing, runs only the k steps it needs, and
-    back-propagates through each of them. (tf.switch_case over static unrolls computes the same
-    thing, but XLA takes minutes to compile its gradient.)
+    A tensor k runs the same Euler recursion in a tf.while_loop bounded by max_euler_steps, so one
+    trace serves every k and runs only the k steps it needs (the agent's critic target draws k per
+    batch this way; its Q loss branches over static unrolls instead, see SORLAgent._actor_gradients).
     """
-    if isinstance(steps, int):
-        return euler_sample(velocity_fn, observations, noise, steps)
+    if isinstance(euler_steps, int):
+        return euler_sample(velocity_fn, observations, noise, euler_steps)
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.convert_to_tensor(noise, tf.float32)
     batch_size = tf.shape(observations)[0]
-    steps = tf.cast(steps, tf.int32)
+    steps = tf.cast(euler_steps, tf.int32)
     step_size = 1.0 / tf.cast(steps, tf.float32)  # exact for powers of two
     # log2 of a power of two, rounded so d is exactly the integer the static path uses.
     level = tf.fill([batch_size], tf.round(tf.math.log(tf.cast(steps, tf.float32)) / math.log(2.0)))
@@ -81,7 +81,7 @@ def euler_sample_any(velocity_fn: VelocityFn, observations, noise, steps: Union[
         return i + 1, actions + velocity_fn(observations, actions, times, level) * step_size
 
     _, actions = tf.while_loop(
-        lambda i, _: i < steps, euler_step, (tf.constant(0), noise), maximum_iterations=max_steps
+        lambda i, _: i < steps, euler_step, (tf.constant(0), noise), maximum_iterations=max_euler_steps
     )
     return tf.clip_by_value(actions, -1.0, 1.0)
 
@@ -102,14 +102,14 @@ def best_of_n(candidates, scores):
 
 
 def sample_actions(
-    velocity_fn: VelocityFn, critic_fn: CriticFn, observations, noise, steps: int, q_agg: str = "mean",
+    velocity_fn: VelocityFn, critic_fn: CriticFn, observations, noise, euler_steps: int, q_agg: str = "mean",
     max_level: Optional[float] = None,
 ):
-    """The policy: `steps` Euler steps from each of N noise samples, best by agg(Q(s, a, steps)).
+    """The policy: k = `euler_steps` Euler steps from each of N noise samples, best by agg(Q(s, a, k)).
 
-    observations [B, S]; noise [B, N, A] (N static); steps a python int; max_level caps the step
-    level d (see step_level). Returns actions [B, A] in [-1, 1]. Row b uses only observations[b]
-    and noise[b], so batched and single-row calls agree.
+    observations [B, S]; noise [B, N, A] (N static); euler_steps a python int; max_level caps the
+    step level d (see step_level). Returns actions [B, A] in [-1, 1]. Row b uses only
+    observations[b] and noise[b], so batched and single-row calls agree.
     """
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.convert_to_tensor(noise, tf.float32)
@@ -117,13 +117,13 @@ def sample_actions(
     if num_samples is None:
         raise ValueError("noise must have a static number of samples N (shape [B, N, A]).")
     if num_samples == 1:
-        return euler_sample(velocity_fn, observations, noise[:, 0, :], steps, max_level=max_level)
+        return euler_sample(velocity_fn, observations, noise[:, 0, :], euler_steps, max_level=max_level)
     batch_size = tf.shape(observations)[0]
     action_dim = noise.shape[-1]
     repeated_observations = tf.repeat(observations, num_samples, axis=0)  # row b * N + n
-    flat_candidates = euler_sample(velocity_fn, repeated_observations, tf.reshape(noise, (-1, action_dim)), steps,
+    flat_candidates = euler_sample(velocity_fn, repeated_observations, tf.reshape(noise, (-1, action_dim)), euler_steps,
                                    max_level=max_level)
-    step_feature = tf.fill([batch_size * num_samples], float(steps))
+    step_feature = tf.fill([batch_size * num_samples], float(euler_steps))
     q = aggregate_q(critic_fn(repeated_observations, flat_candidates, step_feature), q_agg)
     candidates = tf.reshape(flat_candidates, (batch_size, num_samples, action_dim))
     return best_of_n(candidates, tf.reshape(q, (batch_size, num_samples)))

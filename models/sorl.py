@@ -1,10 +1,10 @@
 """The SORL agent as a Keras model: networks, optimizers, one-stage training step, and the policy.
 
     with strategy.scope():                          # optional (tf.distribute.MirroredStrategy)
-        agent = SORLAgent(config, obs_dim, action_dim)
-        agent.compile()                             # XLA per config.jit_compile
+        agent = SORLAgent(agent_config, obs_dim, action_dim)   # models.config.AgentConfig
+        agent.compile(jit_compile=True)
     agent.fit(dataset, steps_per_epoch=..., epochs=...)   # dataset: data.reader.make_dataset(...)
-    actions = agent.act(observations, steps=4, num_samples=1)
+    actions = agent.act(observations, euler_steps=4, num_samples=1)
 
 One update (SPEC section 3): a critic step (own Adam), then an actor step (own Adam) on
 L_actor = fm_coef * L_FM + sc_coef * L_SC + q_loss_coef * L_Q using the updated critic, then both
@@ -12,7 +12,7 @@ targets move by EMA with the post-update weights. Each optimizer clips by the gl
 full-batch gradient.
 
 Randomness: every random input of an update is a pure function of (config.seed, step counter,
-global row index) - see `losses.draw_loss_inputs`. Each replica draws the global batch's inputs and
+global row index) - see `losses.draw_loss_inputs` and the stream keys of models/noise.py. Each replica draws the global batch's inputs and
 keeps its own rows, so a distributed step equals the single-device step on the same global batch.
 The counters are checkpointed variables, so a restored agent continues the same random stream.
 (XLA lowers the stateless random ops differently from TensorFlow's kernels, so a run compiled with
@@ -28,8 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import losses, networks, sampling
-from models.config import SORLConfig, config_from_dict, config_to_dict
+from models import losses, networks, noise as noise_lib, sampling
+from models.config import AgentConfig, agent_config_from_dict, agent_config_to_dict
 
 METRIC_NAMES = (
     "critic/loss",
@@ -44,11 +44,6 @@ METRIC_NAMES = (
     "actor/grad_norm",
 )
 
-# Independent random streams: the stateless seed of a draw is [config.seed * 3 + stream, counter].
-_TRAIN_STREAM, _EVAL_STREAM, _ACT_STREAM = 0, 1, 2
-_NUM_STREAMS = 3
-
-
 def _replica_context() -> tf.distribute.ReplicaContext:
     context = tf.distribute.get_replica_context()
     if context is None:
@@ -59,9 +54,9 @@ def _replica_context() -> tf.distribute.ReplicaContext:
     return context
 
 
-def _log2_index(steps):
-    """Index of a power-of-two step count in sampling.step_counts: 1 -> 0, 2 -> 1, 4 -> 2, 8 -> 3."""
-    return tf.cast(tf.round(tf.math.log(tf.cast(steps, tf.float32)) / math.log(2.0)), tf.int32)
+def _log2_index(euler_steps):
+    """Index of a power-of-two Euler step count in sampling.step_counts: 1 -> 0, 2 -> 1, 4 -> 2, 8 -> 3."""
+    return tf.cast(tf.round(tf.math.log(tf.cast(euler_steps, tf.float32)) / math.log(2.0)), tf.int32)
 
 
 def _clip_scale(global_norm, clip_norm: float):
@@ -114,7 +109,7 @@ class SORLAgent(keras.Model):
     `tf.train.Checkpoint(agent=agent)` saves and restores all of them.
     """
 
-    def __init__(self, config: SORLConfig, obs_dim: int, action_dim: int, **kwargs):
+    def __init__(self, config: AgentConfig, obs_dim: int, action_dim: int, **kwargs):
         kwargs.setdefault("name", "sorl_agent")
         super().__init__(**kwargs)
         self.config = config
@@ -172,14 +167,12 @@ class SORLAgent(keras.Model):
         self.built = True
 
     # ----------------------------------------------------------------------------------- Keras API
-    def compile(self, jit_compile: Optional[bool] = None, **kwargs):
-        """Keras compile without a Keras-managed optimizer; jit_compile defaults to config.jit_compile.
+    def compile(self, jit_compile: bool = True, **kwargs):
+        """Keras compile without a Keras-managed optimizer (the agent steps its own two Adams).
 
         With more than one replica, Keras would put every replica in one XLA cluster (which XLA
         rejects), so the step then runs as a plain graph with a warning.
         """
-        if jit_compile is None:
-            jit_compile = self.config.jit_compile
         if jit_compile and self.distribute_strategy.num_replicas_in_sync > 1:
             warnings.warn(
                 "SORLAgent: jit_compile=True is not supported with more than one replica "
@@ -198,7 +191,7 @@ class SORLAgent(keras.Model):
 
     def get_config(self):
         return {
-            "config": config_to_dict(self.config),
+            "config": agent_config_to_dict(self.config),
             "obs_dim": self.obs_dim,
             "action_dim": self.action_dim,
             "name": self.name,
@@ -206,28 +199,28 @@ class SORLAgent(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """Inverse of get_config; "config" may also be the old flat SORLConfig dict."""
         config = dict(config)
-        return cls(config_from_dict(config.pop("config")), **config)
+        return cls(agent_config_from_dict(config.pop("config")), **config)
 
     # ------------------------------------------------------------------------------------ training
     def train_step(self, batch):
         """One SORL update on `batch` (the reader's dict); returns the metric averages."""
-        draws = self.draw_inputs(batch, self.training_steps, _TRAIN_STREAM)
+        draws = self.draw_inputs(batch, self.training_steps, noise_lib.TRAIN_STREAM)
         self.training_steps.assign_add(1)
         return self.update(batch, draws)
 
     def test_step(self, batch):
         """The training losses and gradient norms on `batch`, without changing any weight."""
-        draws = self.draw_inputs(batch, self.evaluation_draws, _EVAL_STREAM)
+        draws = self.draw_inputs(batch, self.evaluation_draws, noise_lib.EVAL_STREAM)
         self.evaluation_draws.assign_add(1)
         return self.update(batch, draws, apply=False)
 
-    def draw_inputs(self, batch, counter, stream: int = _TRAIN_STREAM) -> dict:
+    def draw_inputs(self, batch, counter, stream: int = noise_lib.TRAIN_STREAM) -> dict:
         """This replica's rows of losses.draw_loss_inputs for the global batch, keyed by `counter`."""
         context = _replica_context()
         local_size = tf.shape(batch["observations"])[0]
-        stream_key = tf.constant(self.config.seed * _NUM_STREAMS + stream, tf.int64)
-        seed = tf.stack([stream_key, tf.cast(tf.convert_to_tensor(counter), tf.int64)])
+        seed = noise_lib.stream_key(self.config.seed, stream, counter)
         replicas = context.num_replicas_in_sync
         draws = losses.draw_loss_inputs(
             seed, local_size * replicas, self.action_dim, self.config.m_disc, self.config.m_btt
@@ -275,7 +268,7 @@ class SORLAgent(keras.Model):
             "actor/sc_loss": actor_info["sc_loss"],
             "actor/q_loss": actor_info["q_loss"],
             "actor/q_mean": actor_info["q_mean"],
-            "actor/k": tf.cast(draws["actor_steps"], tf.float32),
+            "actor/k": tf.cast(draws["actor_euler_steps"], tf.float32),
             "actor/grad_norm": actor_norm,
         }
         for name, value in values.items():
@@ -294,7 +287,7 @@ class SORLAgent(keras.Model):
                 self.target_critic,
                 batch,
                 draws["critic_noise"],
-                draws["critic_steps"],
+                draws["critic_euler_steps"],
                 config.m_btt,
                 config.discount,
                 config.q_agg,
@@ -305,11 +298,12 @@ class SORLAgent(keras.Model):
     def _actor_gradients(self, batch, draws, share, context):
         """(gradient of share * L_actor w.r.t. the actor's weights, L_actor, info) on this replica's rows.
 
-        L_FM and L_SC are differentiated with one tape. L_Q's k-step unroll is differentiated inside
-        the tf.switch_case branch of the drawn k (each branch a static unroll with its own tape: XLA
-        takes minutes to compile the gradient of a Case op, and a while loop's gradient runs ~40%
-        slower). The branch uses normaliser 1; the full-batch stop-gradient normaliser mean|Q| then
-        divides that gradient, which equals the gradient of L_Q because the normaliser is a constant.
+        L_FM and L_SC are differentiated with one tape. The Q loss picks the drawn k with
+        tf.switch_case over static k-step unrolls, each branch taking its own gradient, so neither a
+        Case op nor a while loop is ever differentiated (XLA compiles the first slowly and runs the
+        second's gradient slower; BENCHMARKS.md). The branch uses normaliser 1; the full-batch
+        stop-gradient normaliser mean|Q| then divides that gradient, which equals the gradient of
+        L_Q because the normaliser is a constant.
         """
         config = self.config
         observations, actions = batch["observations"], batch["actions"]
@@ -333,18 +327,18 @@ class SORLAgent(keras.Model):
             weighted_loss = behaviour_loss * share
         behaviour_grads = tape.gradient(weighted_loss, watched)
 
-        def q_branch(steps):
+        def q_branch(euler_steps):
             with tf.GradientTape(watch_accessed_variables=False) as q_tape:
                 q_tape.watch(watched)
                 unnormalised, info = losses.q_loss(
-                    self.actor, self.critic, observations, draws["q_noise"], steps, config.m_btt, normaliser=1.0
+                    self.actor, self.critic, observations, draws["q_noise"], euler_steps, config.m_btt, normaliser=1.0
                 )
                 weighted_objective = unnormalised * share
             grads = q_tape.gradient(weighted_objective, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return grads, info["q_mean"], info["q_abs_mean"]
 
         branches = [functools.partial(q_branch, k) for k in sampling.step_counts(config.m_btt)]
-        q_grads, q_mean, q_abs_mean = tf.switch_case(_log2_index(draws["actor_steps"]), branches)
+        q_grads, q_mean, q_abs_mean = tf.switch_case(_log2_index(draws["actor_euler_steps"]), branches)
         normaliser = context.all_reduce(tf.distribute.ReduceOp.SUM, q_abs_mean * share)  # full-batch mean |Q|
         q = -q_mean / normaliser
         grads = [b + (config.q_loss_coef / normaliser) * g for b, g in zip(behaviour_grads, q_grads)]
@@ -368,17 +362,20 @@ class SORLAgent(keras.Model):
         return global_norm
 
     # ------------------------------------------------------------------------------------- policy
-    def act(self, observations, steps: Optional[int] = None, num_samples: int = 1, noise=None, seed=None):
+    def act(self, observations, euler_steps: Optional[int] = None, num_samples: int = 1, seed=None, noise=None,
+            cap_step_level: bool = False):
         """Actions [B, action_dim] in [-1, 1] for observations [B, obs_dim] (the one sampling path).
 
-        steps: python int k of Euler steps (default config.inference_steps; may exceed m_btt;
-            with config.cap_step_level the step level d stays at most log2(m_disc)).
+        euler_steps: python int k (default config.inference_euler_steps; may exceed m_btt).
         num_samples: python int N; N > 1 returns the candidate with the highest agg(Q(s, a, k)).
-        noise: optional [B, N, A] (or [B, A] for N = 1) starting noise. Without it the noise is
-        drawn from `seed` (int scalar, stateless) if given, else from the agent's act stream.
+        seed: int scalar for stateless noise (models.noise.seeded_normal) when `noise` is None;
+            without either, the noise comes from the agent's act stream.
+        noise: optional [B, N, A] (or [B, A] for N = 1) starting noise.
+        cap_step_level: for k > m_disc keep the step level d at log2(m_disc) (more, smaller steps
+            of the finest trained velocity) instead of log2 k, a level never trained (SPEC section 4).
         Traceable with a symbolic batch dimension.
         """
-        steps = self.config.inference_steps if steps is None else int(steps)
+        euler_steps = self.config.inference_euler_steps if euler_steps is None else int(euler_steps)
         observations = tf.convert_to_tensor(observations, tf.float32)
         if observations.shape.rank != 2 or observations.shape[-1] != self.obs_dim:
             raise ValueError(
@@ -394,31 +391,32 @@ class SORLAgent(keras.Model):
                 raise ValueError(f"act: noise must have shape [batch, N, {self.action_dim}]; got {noise.shape}.")
             if num_samples != 1 and noise.shape[1] != num_samples:
                 raise ValueError(f"act: num_samples={num_samples} but noise has N={noise.shape[1]} samples.")
-        max_level = math.log2(self.config.m_disc) if self.config.cap_step_level else None
+        max_level = math.log2(self.config.m_disc) if cap_step_level else None
         return sampling.sample_actions(
-            self.actor, self.critic, observations, noise, steps, self.config.q_agg, max_level=max_level
+            self.actor, self.critic, observations, noise, euler_steps, self.config.q_agg, max_level=max_level
         )
 
     def _act_noise(self, batch_size, num_samples: int, seed):
         shape = tf.stack([batch_size, num_samples, self.action_dim])
-        if seed is None:
-            key = tf.stack([tf.constant(self.config.seed * _NUM_STREAMS + _ACT_STREAM, tf.int64), self.act_draws.value])
-            self.act_draws.assign_add(1)
-        else:
-            key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-1, tf.int64)])  # -1: never a counter value
+        if seed is not None:
+            return noise_lib.seeded_normal(shape, seed, noise_lib.ACT_SEED_WORD)
+        key = noise_lib.stream_key(self.config.seed, noise_lib.ACT_STREAM, self.act_draws.value)
+        self.act_draws.assign_add(1)
         return tf.random.stateless_normal(shape, seed=key)
 
-    def q_values(self, observations, actions, steps):
-        """agg(Q(s, a, k)) [B] (agg = config.q_agg) for actions produced with k = `steps` Euler steps."""
+    def q_values(self, observations, actions, euler_steps):
+        """agg(Q(s, a, k)) [B] (agg = config.q_agg) for actions produced with k = `euler_steps` Euler steps."""
         observations = tf.convert_to_tensor(observations, tf.float32)
         actions = tf.convert_to_tensor(actions, tf.float32)
-        step_feature = tf.fill([tf.shape(observations)[0]], tf.cast(steps, tf.float32))
+        step_feature = tf.fill([tf.shape(observations)[0]], tf.cast(euler_steps, tf.float32))
         return sampling.aggregate_q(self.critic(observations, actions, step_feature), self.config.q_agg)
 
-    def make_policy_fn(self, steps: Optional[int] = None, num_samples: int = 1, jit_compile: bool = True):
+    def make_policy_fn(self, euler_steps: Optional[int] = None, num_samples: int = 1, jit_compile: bool = True,
+                       cap_step_level: bool = False):
         """A numpy policy [n, obs_dim] -> [n, action_dim] over `act` (compiled once per batch size)."""
         act = tf.function(
-            lambda observations: self.act(observations, steps=steps, num_samples=num_samples),
+            lambda observations: self.act(observations, euler_steps=euler_steps, num_samples=num_samples,
+                                          cap_step_level=cap_step_level),
             input_signature=[tf.TensorSpec([None, self.obs_dim], tf.float32)],
             jit_compile=jit_compile,
         )

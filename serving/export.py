@@ -7,8 +7,10 @@ Library (pipeline/train.py calls it at the end of training):
 CLI:
 
     python serving/export.py --workdir=RUN --model_base_path=RUN/export [--version=N] \
-        [--budgets=1,2,4,8] [--best_of=4x8,8x16] [--default_steps=4] [--jit_compile] \
-        [--adaptive_max_steps=8 --adaptive_threshold=0.0]
+        [--budgets=1,2,4,8] [--best_of=4x8,8x16] [--default_euler_steps=4] [--jit_compile] \
+        [--adaptive_max_euler_steps=8 --adaptive_threshold=0.0] [--cap_step_level]
+
+(`--default_steps` and `--adaptive_max_steps` are the older spellings of those two flags.)
 
 Writes MODEL_BASE_PATH/<version>/ with the signatures of serving/signatures.py and
 assets.extra/tf_serving_warmup_requests (one PredictionLog per signature). The SavedModel is
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from models import noise as noise_lib
 from serving import servable as servable_lib
 from serving import signatures as signatures_lib
 from serving.signatures import SignatureVariant
@@ -49,14 +52,14 @@ class _PolicyModule(tf.Module):
     """
 
     def __init__(self, functions: Dict[str, tf.types.experimental.PolymorphicFunction],
-                 noise_stream: Optional[signatures_lib.NoiseStream] = None):
+                 noise_stream: Optional[noise_lib.NoiseStream] = None):
         super().__init__(name="sorl_policy")
         if noise_stream is not None:  # a resource: re-initialised (new OS key) on every load
             self.noise_stream = noise_stream
         for name, function in functions.items():
             # Also as attributes: `tf.saved_model.load(path).act_k1(observations)` calls the
             # function itself (one XLA launch for a jit_compile export); `.signatures[name]`
-            # goes through a graph wrapper first (about 0.17 ms more per call here).
+            # goes through a graph wrapper first (signatures.loaded_function).
             setattr(self, name, function)
         used = {}
         for function in functions.values():
@@ -116,20 +119,22 @@ def expected_specs(variant: SignatureVariant, obs_dim: int, action_dim: int):
 
 
 def reference_outputs(agent, variant: SignatureVariant, observations: np.ndarray,
-                      seeds: np.ndarray) -> Dict[str, np.ndarray]:
+                      seeds: np.ndarray, cap_step_level: bool = False) -> Dict[str, np.ndarray]:
     """What the in-process agent answers for a seeded variant: agent.act (or adaptive_act) on
     the noise the signature draws from `seeds`."""
-    noise = signatures_lib.seeded_noise(tf.constant(seeds), variant.num_samples, agent.action_dim)
+    noise = noise_lib.row_seeded_noise(tf.constant(seeds), variant.num_samples, agent.action_dim)
     observations = tf.constant(observations)
     if variant.adaptive:
         from models import adaptive
 
         actions, steps_used = adaptive.adaptive_act(agent, observations, noise=noise,
-                                                    max_steps=variant.steps,
-                                                    threshold=variant.adaptive_threshold)
+                                                    max_euler_steps=variant.euler_steps,
+                                                    threshold=variant.adaptive_threshold,
+                                                    cap_step_level=cap_step_level)
         return {"actions": np.asarray(actions), "steps_used": np.asarray(steps_used)}
-    return {"actions": np.asarray(agent.act(observations, steps=variant.steps,
-                                            num_samples=variant.num_samples, noise=noise))}
+    return {"actions": np.asarray(agent.act(observations, euler_steps=variant.euler_steps,
+                                            num_samples=variant.num_samples, noise=noise,
+                                            cap_step_level=cap_step_level))}
 
 
 def _max_difference(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray]) -> float:
@@ -137,7 +142,7 @@ def _max_difference(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray]) -> 
 
 
 def verify_export(agent, export_dir: str, variants: Sequence[SignatureVariant], batch: int = 3,
-                  atol: float = 1e-5) -> None:
+                  atol: float = 1e-5, cap_step_level: bool = False) -> None:
     """Loads `export_dir` back and checks it against `agent`; ExportVerificationError if not.
 
     Checks: every signature is in saved_model.pb with the inputs and outputs of expected_specs;
@@ -155,7 +160,7 @@ def verify_export(agent, export_dir: str, variants: Sequence[SignatureVariant], 
         seeded_outputs = {}
         for variant in variants:
             problems += _check_signature(agent, loaded.signatures[variant.name], variant,
-                                         observations, seeds, atol, seeded_outputs)
+                                         observations, seeds, atol, seeded_outputs, cap_step_level)
         for record in servable_lib.read_warmup_requests(export_dir):
             request = record.predict_log.request
             inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
@@ -183,7 +188,8 @@ def _check_specs(agent, export_dir: str, variants: Sequence[SignatureVariant]) -
 
 
 def _check_signature(agent, function, variant: SignatureVariant, observations: np.ndarray,
-                     seeds: np.ndarray, atol: float, seeded_outputs: dict) -> list:
+                     seeds: np.ndarray, atol: float, seeded_outputs: dict,
+                     cap_step_level: bool = False) -> list:
     """Problems with one loaded signature; a seeded one's outputs go to `seeded_outputs`."""
 
     def call(rows):
@@ -201,7 +207,7 @@ def _check_signature(agent, function, variant: SignatureVariant, observations: n
         return []  # fresh noise: nothing to compare with
     seeded_outputs[variant.name] = outputs
     problems = []
-    want = reference_outputs(agent, variant, observations, seeds)
+    want = reference_outputs(agent, variant, observations, seeds, cap_step_level)
     if _max_difference(outputs, want) > atol:
         problems.append(f"{variant.name} differs from the agent on the same noise by up to "
                         f"{_max_difference(outputs, want):.3g}")
@@ -249,28 +255,31 @@ def _load_with_session_loader(session, export_dir: str):
 def export_saved_model(agent, model_base_path: str, version: Optional[int] = None,
                        budgets: Sequence[int] = (1, 2, 4, 8),
                        best_of: Sequence[Tuple[int, int]] = ((4, 8),),
-                       default_steps: Optional[int] = None, verify: bool = True,
+                       default_euler_steps: Optional[int] = None, verify: bool = True,
                        jit_compile: bool = False,
-                       adaptive: Optional[Tuple[int, float]] = None) -> str:
+                       adaptive: Optional[Tuple[int, float]] = None,
+                       cap_step_level: bool = False) -> str:
     """Exports `agent` to MODEL_BASE_PATH/<version>/ and returns that folder.
 
     Args:
-      agent: a SORLAgent (uses agent.act, agent.actor, agent.critic, agent.config).
+      agent: a SORLAgent (uses agent.act, agent.q_values, agent.config).
       model_base_path: folder of integer version folders (created if missing).
       version: the version number; default: largest existing + 1. An existing one is an error.
       budgets: Euler step counts k, exported as act_k{k}.
       best_of: (k, N) pairs, exported as act_k{k}_best_of_{N}.
-      default_steps: k of serving_default; default agent.config.inference_steps.
+      default_euler_steps: k of serving_default; default agent.config.inference_euler_steps.
       verify: load the export back and compare with the agent before publishing it.
       jit_compile: XLA-compile the signature functions (faster batch-1 calls in process; a
         tensorflow_model_server needs --xla_cpu_compilation_enabled=true to run them on CPU).
-      adaptive: (max_steps, threshold) also exports act_adaptive[_seeded] (models/adaptive.py).
+      adaptive: (max_euler_steps, threshold) also exports act_adaptive[_seeded] (models/adaptive.py).
+      cap_step_level: every signature with k > m_disc keeps the step level d at log2(m_disc)
+        (see agent.act); fixed in the export, like its budgets.
     """
     obs_dim, action_dim = agent_dims(agent)
-    if default_steps is None:
-        default_steps = int(agent.config.inference_steps)
+    if default_euler_steps is None:
+        default_euler_steps = int(agent.config.inference_euler_steps)
     variants = signatures_lib.plan_signatures(list(budgets), [tuple(p) for p in best_of],
-                                              default_steps, adaptive)
+                                              default_euler_steps, adaptive)
     if version is None:
         version = next_version(model_base_path)
     if not isinstance(version, int) or version < 0:
@@ -283,13 +292,13 @@ def export_saved_model(agent, model_base_path: str, version: Optional[int] = Non
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_base_path)
     try:
         os.chmod(tmp_dir, 0o755)  # mkdtemp's 0700 would hide the version from a server user
-        noise_stream = signatures_lib.new_noise_stream(jit_compile)
+        noise_stream = noise_lib.new_noise_stream(jit_compile)
         functions = signatures_lib.make_signatures(agent, variants, obs_dim, action_dim,
-                                                   jit_compile, noise_stream)
+                                                   jit_compile, noise_stream, cap_step_level)
         tf.saved_model.save(_PolicyModule(functions, noise_stream), tmp_dir, signatures=functions)
         write_warmup_file(tmp_dir, warmup_requests(variants, obs_dim))
         if verify:
-            verify_export(agent, tmp_dir, variants)
+            verify_export(agent, tmp_dir, variants, cap_step_level=cap_step_level)
         if os.path.exists(final_dir):
             raise FileExistsError(f"{final_dir} appeared while exporting; nothing was replaced")
         os.rename(tmp_dir, final_dir)
@@ -333,16 +342,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="Euler step counts k, comma-separated, exported as act_k{k}")
     parser.add_argument("--best_of", type=parse_best_of, default=((4, 8),),
                         help="KxN pairs, comma-separated (default 4x8; '' for none)")
-    parser.add_argument("--default_steps", type=int, default=None,
-                        help="k of serving_default (default: config.inference_steps)")
+    parser.add_argument("--default_euler_steps", "--default_steps", dest="default_euler_steps", type=int,
+                        default=None,
+                        help="Euler steps k of serving_default (default: the agent's inference_euler_steps)")
     parser.add_argument("--jit_compile", action="store_true",
                         help="XLA-compile the signatures (TF Serving then needs "
                              "--xla_cpu_compilation_enabled=true)")
-    parser.add_argument("--adaptive_max_steps", type=int, default=None,
+    parser.add_argument("--adaptive_max_euler_steps", "--adaptive_max_steps", dest="adaptive_max_euler_steps",
+                        type=int, default=None,
                         help="also export act_adaptive[_seeded] with this cap on k (power of two)")
     parser.add_argument("--adaptive_threshold", type=float, default=0.0,
                         help="relative Q gain that earns another doubling of k (act_adaptive)")
-    parser.add_argument("--cap_step_level", action="store_const", const=True, default=None,
+    parser.add_argument("--cap_step_level", action="store_true",
                         help="signatures with k > m_disc keep the step level d at log2(m_disc)")
     parser.add_argument("--no_verify", dest="verify", action="store_false",
                         help="publish without loading the export back and comparing it")
@@ -353,14 +364,15 @@ def main(argv: Sequence[str] = None) -> str:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from models import checkpoints  # the model package is only needed by the CLI
 
-    agent, _, step = checkpoints.load_agent(args.workdir, args.checkpoint, args.cap_step_level)
+    agent, _, step = checkpoints.load_agent(args.workdir, args.checkpoint)
     base_path = args.model_base_path or os.path.join(args.workdir, "export")
     version_dir = export_saved_model(agent, base_path, version=args.version,
                                      budgets=args.budgets, best_of=args.best_of,
-                                     default_steps=args.default_steps, verify=args.verify,
+                                     default_euler_steps=args.default_euler_steps, verify=args.verify,
                                      jit_compile=args.jit_compile,
-                                     adaptive=None if args.adaptive_max_steps is None else
-                                     (args.adaptive_max_steps, args.adaptive_threshold))
+                                     adaptive=None if args.adaptive_max_euler_steps is None else
+                                     (args.adaptive_max_euler_steps, args.adaptive_threshold),
+                                     cap_step_level=args.cap_step_level)
     print(f"exported step {step} of {args.workdir} to {version_dir}")
     return version_dir
 

@@ -6,7 +6,7 @@ ranked by the critic (best-of-N) and where the starting noise comes from:
 
     act_k{k}                        k steps, fresh noise per call
     act_k{k}_best_of_{N}            k steps, N candidates, the critic's best
-    serving_default                 the config's default budget (config.inference_steps)
+    serving_default                 the default budget (agent.config.inference_euler_steps)
     act_adaptive                    optional (export's `adaptive`): k chosen per row by the
                                     critic, up to a cap (models/adaptive.py); also returns
                                     `steps_used` [batch] int32
@@ -25,41 +25,38 @@ A per-row seed (not one per request) gives SPEC section 4's guarantee through th
 row i of a batched call equals a single-row call with the same observation and seed.
 
 The noise is the only thing the export adds: sampling (Euler unroll, clipping, best-of-N ranking)
-is `agent.act(observations, steps=k, num_samples=N, noise=noise)` (for act_adaptive
-`models.adaptive.adaptive_act`, which calls agent.act).
+is `agent.act(observations, euler_steps=k, num_samples=N, noise=noise, cap_step_level=...)` (for
+act_adaptive `models.adaptive.adaptive_act`, which calls agent.act).
 
-Where the noise comes from:
-- seeded twins: TF's stateless normal kernel on (seed[i], SEED_SALT), drawn outside the
-  XLA-compiled part even with jit_compile, because XLA's normal sampler gives other numbers than
-  TF's kernel for the same seed (the seeded answers would depend on the export option);
-- plain signatures (see fresh_noise): new noise on every call and in every process, so two
-  server processes, or one process after a restart, never replay each other's noise. Without
-  XLA it comes from TF's stateful sampler seeded by the OS; with jit_compile from a NoiseStream
-  inside the compiled function, so that a plain call is one XLA launch (a TF graph call in front
-  of it costs about 0.1 ms more on this project's CPU, see BENCHMARKS.md).
+Where the noise comes from (models/noise.py):
+- seeded twins: row_seeded_noise, TF's stateless normal kernel on (seed[i], SEED_SALT), drawn
+  outside the XLA-compiled part even with jit_compile, because XLA's normal sampler gives other
+  numbers than TF's kernel for the same seed (the seeded answers would depend on the export option);
+- plain signatures (fresh_noise): new noise on every call and in every process, so two server
+  processes, or one process after a restart, never replay each other's noise. Without XLA it comes
+  from TF's stateful sampler seeded by the OS; with jit_compile from a NoiseStream inside the
+  compiled function, so that a plain call is one XLA launch with no TF graph call in front of it.
 """
 import dataclasses
-import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from models.noise import NoiseStream, fresh_noise, new_noise_stream, row_seeded_noise
+
 DEFAULT_SIGNATURE = "serving_default"
-SEED_SALT = 0x5E2F  # second word of every stateless seed pair; any fixed value works
-
-
 ADAPTIVE_SIGNATURE = "act_adaptive"
 
 
 @dataclasses.dataclass(frozen=True)
 class SignatureVariant:
-    """One exported signature: `steps` Euler steps, best of `num_samples`, seeded or not.
+    """One exported signature: `euler_steps` Euler steps, best of `num_samples`, seeded or not.
 
-    With `adaptive_threshold` set it is the adaptive policy and `steps` is its cap.
+    With `adaptive_threshold` set it is the adaptive policy and `euler_steps` is its cap.
     """
 
     name: str
-    steps: int
+    euler_steps: int
     num_samples: int
     seeded: bool
     adaptive_threshold: Optional[float] = None
@@ -69,135 +66,71 @@ class SignatureVariant:
         return self.adaptive_threshold is not None
 
 
-def variant_name(steps: int, num_samples: int = 1, seeded: bool = False) -> str:
-    name = f"act_k{steps}" + (f"_best_of_{num_samples}" if num_samples > 1 else "")
+def variant_name(euler_steps: int, num_samples: int = 1, seeded: bool = False) -> str:
+    name = f"act_k{euler_steps}" + (f"_best_of_{num_samples}" if num_samples > 1 else "")
     return name + ("_seeded" if seeded else "")
 
 
 def plan_signatures(budgets: Sequence[int], best_of: Sequence[Tuple[int, int]],
-                    default_steps: int, adaptive: Optional[Tuple[int, float]] = None
+                    default_euler_steps: int, adaptive: Optional[Tuple[int, float]] = None
                     ) -> List[SignatureVariant]:
-    """All variants, each with its seeded twin; serving_default last (k = default_steps, N = 1).
+    """All variants, each with its seeded twin; serving_default last (k = default_euler_steps, N = 1).
 
     `budgets` are Euler step counts (ints >= 1), `best_of` (k, N) pairs with N >= 2. The default
     budget is always exported as act_k{default} too, so serving_default has a seeded twin.
-    `adaptive` = (max_steps, threshold) adds act_adaptive and act_adaptive_seeded.
+    `adaptive` = (max_euler_steps, threshold) adds act_adaptive and act_adaptive_seeded.
     """
-    for k in list(budgets) + [default_steps] + [k for k, _ in best_of]:
+    for k in list(budgets) + [default_euler_steps] + [k for k, _ in best_of]:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"Euler budget {k!r} must be an int >= 1")
     for k, n in best_of:
         if not isinstance(n, int) or n < 2:
             raise ValueError(f"best_of=({k}, {n!r}): the number of candidates must be an int >= 2")
-    pairs = sorted(set([(k, 1) for k in budgets] + [(default_steps, 1)] + list(best_of)))
+    pairs = sorted(set([(k, 1) for k in budgets] + [(default_euler_steps, 1)] + list(best_of)))
     variants = [SignatureVariant(variant_name(k, n, seeded), k, n, seeded)
                 for k, n in pairs for seeded in (False, True)]
     if adaptive is not None:
-        max_steps, threshold = adaptive
-        if not isinstance(max_steps, int) or max_steps < 1 or max_steps & (max_steps - 1):
-            raise ValueError(f"adaptive max_steps={max_steps!r} must be a power of two (1, 2, 4, ...)")
-        variants += [SignatureVariant(ADAPTIVE_SIGNATURE + ("_seeded" if seeded else ""), max_steps,
+        max_euler_steps, threshold = adaptive
+        if not isinstance(max_euler_steps, int) or max_euler_steps < 1 or max_euler_steps & (max_euler_steps - 1):
+            raise ValueError(f"adaptive max_euler_steps={max_euler_steps!r} must be a power of two (1, 2, 4, ...)")
+        variants += [SignatureVariant(ADAPTIVE_SIGNATURE + ("_seeded" if seeded else ""), max_euler_steps,
                                       1, seeded, float(threshold)) for seeded in (False, True)]
-    variants.append(SignatureVariant(DEFAULT_SIGNATURE, default_steps, 1, False))
+    variants.append(SignatureVariant(DEFAULT_SIGNATURE, default_euler_steps, 1, False))
     return variants
 
 
-class NoiseStream(tf.saved_model.experimental.TrackableResource):
-    """Noise for XLA-compiled plain signatures: an int64 [key, counter] resource variable.
-
-    The key is drawn from the OS when the resource is initialised, which a SavedModel does on
-    every load (it is a resource, like a lookup table, not a checkpointed variable: TF Serving
-    runs its initialiser with the model's init op, `tf.saved_model.load` when it restores); each
-    call reads [key, counter] as the seed of a stateless draw and adds 1 to the counter. In an
-    XLA launch the read and the add are one compiled update of the variable (tests call it from
-    4 threads and see no two calls share noise); outside XLA they would be two ops that
-    concurrent calls could interleave, which is why fresh_noise uses TF's own sampler there.
-    The resource is not destroyed with this object (16 bytes), so a concrete function kept
-    without its tf.function keeps working.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._initialize()  # in eager mode this runs now; a loaded SavedModel runs it on load
-
-    def _create_resource(self):
-        return tf.raw_ops.VarHandleOp(dtype=tf.int64, shape=[2],
-                                      shared_name=f"sorl_noise_stream_{uuid.uuid4().hex}")
-
-    def _initialize(self):
-        key = tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
-                                          maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0)
-        return tf.raw_ops.AssignVariableOp(resource=self.resource_handle,
-                                           value=tf.stack([key, tf.constant(0, tf.int64)]))
-
-    def noise(self, batch, num_samples: int, action_dim: int):
-        """[batch, N, A] standard normal noise, new on every call (see the class docstring)."""
-        state = tf.raw_ops.ReadVariableOp(resource=self.resource_handle, dtype=tf.int64)
-        tf.raw_ops.AssignAddVariableOp(resource=self.resource_handle,
-                                       value=tf.constant([0, 1], tf.int64))
-        return tf.random.stateless_normal(tf.stack([batch, num_samples, action_dim]), seed=state)
-
-
-def new_noise_stream(jit_compile: bool) -> Optional[NoiseStream]:
-    """What an export's plain signatures draw from: a NoiseStream when they are XLA-compiled,
-    None (TF's own OS-seeded sampler, see fresh_noise) otherwise."""
-    return NoiseStream() if jit_compile else None
-
-
-def fresh_noise(batch, num_samples: int, action_dim: int, noise_stream: Optional[NoiseStream],
-                compiled: bool):
-    """[batch, N, A] standard normal noise, different on every call and in every process.
-
-    compiled (inside an XLA function): from `noise_stream`. Otherwise TF's stateful sampler with
-    seed = seed2 = 0, which seeds itself from the OS when its kernel is made (once per load, even
-    if the exporting process had set a global seed) and advances under a lock on every call.
-    """
-    if compiled:
-        return noise_stream.noise(batch, num_samples, action_dim)
-    shape = tf.stack([batch, num_samples, action_dim])
-    return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0)
-
-
-def seeded_noise(seeds, num_samples: int, action_dim: int):
-    """[batch, N, A] noise where row i depends only on seeds[i] (int64 [batch])."""
-    def row_noise(seed):
-        return tf.random.stateless_normal([num_samples, action_dim],
-                                          seed=tf.stack([seed, tf.constant(SEED_SALT, tf.int64)]))
-
-    return tf.map_fn(row_noise, tf.cast(seeds, tf.int64),
-                     fn_output_signature=tf.TensorSpec([num_samples, action_dim], tf.float32))
-
-
 def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, action_dim: int,
-                            noise_stream: Optional[NoiseStream], jit_compile: bool = False
-                            ) -> tf.types.experimental.PolymorphicFunction:
+                            noise_stream: Optional[NoiseStream], jit_compile: bool = False,
+                            cap_step_level: bool = False) -> tf.types.experimental.PolymorphicFunction:
     """A tf.function with a fixed input signature that returns {"actions": [batch, A]} (and
     "steps_used" [batch] for the adaptive policy).
 
     With jit_compile a plain signature is one XLA computation, noise included; a seeded one
     compiles the sampling but not its noise (see the module docstring). The adaptive policy is
-    never compiled (its row selection has data-dependent shapes).
+    never compiled (its row selection has data-dependent shapes). cap_step_level: see agent.act.
     """
-    k, n = variant.steps, variant.num_samples
+    k, n = variant.euler_steps, variant.num_samples
     if variant.adaptive:
         from models import adaptive  # only exports that ask for act_adaptive need it
 
         def sample(observations, noise):
             actions, steps_used = adaptive.adaptive_act(
-                agent, observations, noise=noise, max_steps=k, threshold=variant.adaptive_threshold)
+                agent, observations, noise=noise, max_euler_steps=k, threshold=variant.adaptive_threshold,
+                cap_step_level=cap_step_level)
             return {"actions": actions, "steps_used": steps_used}
 
         jit_compile = False
     else:
         def sample(observations, noise):
-            return {"actions": agent.act(observations, steps=k, num_samples=n, noise=noise)}
+            return {"actions": agent.act(observations, euler_steps=k, num_samples=n, noise=noise,
+                                         cap_step_level=cap_step_level)}
 
     observations_spec = tf.TensorSpec([None, obs_dim], tf.float32, name="observations")
     if variant.seeded:
         compiled_sample = tf.function(sample, jit_compile=jit_compile)
 
         def act_seeded(observations, seed):
-            return compiled_sample(observations, seeded_noise(seed, n, action_dim))
+            return compiled_sample(observations, row_seeded_noise(seed, n, action_dim))
 
         return tf.function(act_seeded, input_signature=[
             observations_spec, tf.TensorSpec([None], tf.int64, name="seed")])
@@ -210,8 +143,8 @@ def make_signature_function(agent, variant: SignatureVariant, obs_dim: int, acti
 
 
 def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, action_dim: int,
-                    jit_compile: bool = False, noise_stream: Optional[NoiseStream] = None
-                    ) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
+                    jit_compile: bool = False, noise_stream: Optional[NoiseStream] = None,
+                    cap_step_level: bool = False) -> Dict[str, tf.types.experimental.PolymorphicFunction]:
     """Signature name -> tf.function; serving_default shares act_k{default}'s function.
 
     With jit_compile the plain signatures draw from `noise_stream` (a new NoiseStream if None);
@@ -221,12 +154,12 @@ def make_signatures(agent, variants: Sequence[SignatureVariant], obs_dim: int, a
         noise_stream = new_noise_stream(jit_compile)
     functions = {}
     for variant in variants:
-        twin = variant_name(variant.steps, variant.num_samples, variant.seeded)
+        twin = variant_name(variant.euler_steps, variant.num_samples, variant.seeded)
         if variant.name == DEFAULT_SIGNATURE and twin in functions:
             functions[variant.name] = functions[twin]
         else:
             functions[variant.name] = make_signature_function(agent, variant, obs_dim, action_dim,
-                                                              noise_stream, jit_compile)
+                                                              noise_stream, jit_compile, cap_step_level)
     return functions
 
 
@@ -238,7 +171,7 @@ def loaded_function(loaded, name: str):
     every signature's function as a module attribute (serving/export.py); the concrete function
     behind it runs that function directly (one XLA launch for a jit_compile export), where
     `loaded.signatures[name]` first goes through a graph wrapper and `loaded.<name>(...)` through
-    tf.function's dispatch, each about 0.12 ms per call on this project's CPU (BENCHMARKS.md).
+    tf.function's dispatch, each a fixed cost per call (BENCHMARKS.md).
     Any other SavedModel, or an attribute whose inputs or outputs differ from the SignatureDef's,
     gets the signature itself.
     """

@@ -1,4 +1,4 @@
-"""Env names, tasks and goals."""
+"""Env names, tasks, goals and the paper's per-family presets."""
 
 import numpy as np
 import pytest
@@ -49,3 +49,37 @@ def test_task_targets_leave_the_global_numpy_rng_alone():
     envs._all_task_targets.cache_clear()
     envs.task_targets(envs.resolve_env("antmaze-large"), 1)
     assert np.random.uniform() == expected
+
+
+# SPEC section 5, typed in by hand: (q_loss_coef, discount, q_agg, episode length).
+PAPER_TABLE = {
+    "cube-single-play": (10, 0.99, "mean", 200),
+    "cube-double-play": (50, 0.99, "mean", 500),
+    "scene-play": (100, 0.99, "mean", 750),
+    "antmaze-large-navigate": (500, 0.99, "min", 1000),
+    "antmaze-giant-navigate": (500, 0.995, "min", 1000),
+    "humanoidmaze-medium-navigate": (100, 0.995, "mean", 2000),
+    "humanoidmaze-large-navigate": (500, 0.995, "mean", 2000),
+    "antsoccer-arena-navigate": (500, 0.995, "mean", 1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_presets_match_the_paper_table(name):
+    family = envs.FAMILIES[name]
+    assert (family.q_loss_coef, family.discount, family.q_agg, family.episode_length) == PAPER_TABLE[name]
+    assert set(envs.FAMILIES) == set(PAPER_TABLE)
+
+
+def test_episode_lengths_and_default_tasks_match_ogbench():
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments)
+
+    for family in envs.FAMILIES.values():
+        env = gymnasium.make(f"{family.env_base}-singletask-v0")  # OGBench's default task
+        try:
+            assert family.episode_length == env.spec.max_episode_steps, family.name
+            assert family.default_task == env.unwrapped._reward_task_id, family.name  # task 0 resolves to it
+            assert envs.check_task(family, family.default_task) == family.default_task
+        finally:
+            env.close()

@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import losses, networks, sampling
-from models.config import get_config
+from models import losses, networks, noise as noise_lib, sampling
+from models.config import AgentConfig
 from models.sorl import METRIC_NAMES, SORLAgent
 
 OBS_DIM, ACTION_DIM, BATCH = 4, 2, 8
 
 
-def small_config(*overrides):
-    return get_config(
-        "cube",
-        ["actor_hidden_dims=16,16", "critic_hidden_dims=16,16", f"batch_size={BATCH}", "jit_compile=false", *overrides],
-    )
+def small_config(**overrides):
+    return AgentConfig(actor_hidden_dims=(16, 16), critic_hidden_dims=(16, 16), batch_size=BATCH, **overrides)
 
 
 def make_batch(seed=0, n=BATCH):
@@ -63,7 +60,7 @@ def reference_gradients(agent, batch, draws):
             agent.target_critic,
             batch,
             draws["critic_noise"],
-            int(draws["critic_steps"]),
+            int(draws["critic_euler_steps"]),
             config.m_btt,
             config.discount,
             config.q_agg,
@@ -84,7 +81,7 @@ def reference_gradients(agent, batch, draws):
             config.t_eps,
         )
         q, _ = losses.q_loss(
-            agent.actor, agent.critic, batch["observations"], draws["q_noise"], int(draws["actor_steps"]), config.m_btt
+            agent.actor, agent.critic, batch["observations"], draws["q_noise"], int(draws["actor_euler_steps"]), config.m_btt
         )
         actor_loss = config.fm_coef * fm + config.sc_coef * sc + config.q_loss_coef * q
     actor_grads = tape.gradient(actor_loss, agent.actor.trainable_variables)
@@ -93,8 +90,8 @@ def reference_gradients(agent, batch, draws):
 
 def fixed_draws(critic_steps, actor_steps, seed=3):
     draws = losses.draw_loss_inputs(tf.constant([seed, 0], tf.int64), BATCH, ACTION_DIM, 8, 8)
-    draws["critic_steps"] = tf.constant(critic_steps)
-    draws["actor_steps"] = tf.constant(actor_steps)
+    draws["critic_euler_steps"] = tf.constant(critic_steps)
+    draws["actor_euler_steps"] = tf.constant(actor_steps)
     return draws
 
 
@@ -113,10 +110,22 @@ def test_construction():
     assert clone.config == agent.config and (clone.obs_dim, clone.action_dim) == (OBS_DIM, ACTION_DIM)
 
 
+def test_from_config_reads_the_old_flat_config():
+    """Keras configs saved before the split hold the flat SORLConfig (run fields, inference_steps)."""
+    agent = SORLAgent(small_config(inference_euler_steps=2), OBS_DIM, ACTION_DIM)
+    saved = agent.get_config()
+    old_flat = dict(saved["config"], env="cube-single-play", task=2, episode_length=200, steps=1000,
+                    log_every=10, eval_every=100, eval_episodes=5, checkpoint_every=100, jit_compile=False,
+                    cap_step_level=True, inference_steps=2)
+    del old_flat["inference_euler_steps"]
+    clone = SORLAgent.from_config(dict(saved, config=old_flat))
+    assert clone.config == agent.config
+
+
 @pytest.mark.parametrize("critic_steps, actor_steps, clip", [(2, 1, 1.0), (8, 8, 1e-3), (1, 4, 1.0)])
 def test_one_update_is_critic_step_then_actor_step_then_ema(critic_steps, actor_steps, clip):
     lr, tau = 1e-2, 0.25
-    config = small_config(f"actor_lr={lr}", f"critic_lr={lr}", f"tau={tau}", f"grad_clip_norm={clip}")
+    config = small_config(actor_lr=lr, critic_lr=lr, tau=tau, grad_clip_norm=clip)
     agent = SORLAgent(config, OBS_DIM, ACTION_DIM)
     reference = SORLAgent(config, OBS_DIM, ACTION_DIM)  # same seed: same initial weights
     batch, draws = make_batch(), fixed_draws(critic_steps, actor_steps)
@@ -156,7 +165,7 @@ def test_q_loss_coefficient_does_not_touch_the_critic():
     batch, draws = make_batch(), fixed_draws(4, 4)
     critics = []
     for coef in (0.0, 1000.0):
-        agent = SORLAgent(small_config(f"q_loss_coef={coef}"), OBS_DIM, ACTION_DIM)
+        agent = SORLAgent(small_config(q_loss_coef=coef), OBS_DIM, ACTION_DIM)
         agent.update({k: tf.constant(v) for k, v in batch.items()}, draws)
         critics.append(snapshot(agent.critic))
     for a, b in zip(*critics):
@@ -191,7 +200,7 @@ def test_non_finite_loss_skips_the_update_and_shows_in_metrics():
 
 def test_fit_and_evaluate_report_every_metric_and_evaluate_changes_nothing():
     agent = SORLAgent(small_config(), OBS_DIM, ACTION_DIM)
-    agent.compile()
+    agent.compile(jit_compile=False)
     history = agent.fit(dataset(make_batch()), steps_per_epoch=3, epochs=1, verbose=0)
     assert set(history.history) == set(METRIC_NAMES)
     assert all(np.isfinite(v[-1]) for v in history.history.values())
@@ -233,9 +242,9 @@ def test_act_shapes_range_and_noise_sources():
     obs = make_batch()["observations"]
     actions = agent.act(obs).numpy()
     assert actions.shape == (BATCH, ACTION_DIM) and np.abs(actions).max() <= 1
-    same = [agent.act(obs, steps=2, seed=5).numpy() for _ in range(2)]
+    same = [agent.act(obs, euler_steps=2, seed=5).numpy() for _ in range(2)]
     np.testing.assert_array_equal(same[0], same[1])
-    assert not np.array_equal(same[0], agent.act(obs, steps=2, seed=6).numpy())
+    assert not np.array_equal(same[0], agent.act(obs, euler_steps=2, seed=6).numpy())
     first, second = agent.act(obs).numpy(), agent.act(obs).numpy()  # the act stream advances
     assert not np.array_equal(first, second) and int(agent.act_draws.numpy()) == 3
     with pytest.raises(ValueError, match=r"\[batch, 4\]"):
@@ -247,13 +256,13 @@ def test_act_is_the_sampler_and_best_of_n_uses_q_values():
     obs = tf.constant(make_batch()["observations"])
     noise = tf.random.stateless_normal([BATCH, 3, ACTION_DIM], seed=[1, 1])
     for steps in (1, 8, 32):
-        single = agent.act(obs, steps=steps, noise=noise[:, :1])
+        single = agent.act(obs, euler_steps=steps, noise=noise[:, :1])
         sampled = sampling.euler_sample(agent.actor, obs, noise[:, 0], steps)
         np.testing.assert_array_equal(single.numpy(), sampled.numpy())
-        candidates = [agent.act(obs, steps=steps, noise=noise[:, n]) for n in range(3)]
+        candidates = [agent.act(obs, euler_steps=steps, noise=noise[:, n]) for n in range(3)]
         scores = tf.stack([agent.q_values(obs, c, steps) for c in candidates], axis=1)
         want = sampling.best_of_n(tf.stack(candidates, axis=1), scores)
-        best = agent.act(obs, steps=steps, num_samples=3, noise=noise)
+        best = agent.act(obs, euler_steps=steps, num_samples=3, noise=noise)
         np.testing.assert_allclose(best.numpy(), want.numpy(), atol=1e-6)
     q = agent.q_values(obs, candidates[0], 4)
     assert q.shape == (BATCH,)
@@ -262,18 +271,23 @@ def test_act_is_the_sampler_and_best_of_n_uses_q_values():
 
 
 def test_cap_step_level_changes_only_budgets_beyond_m_disc():
-    plain = SORLAgent(small_config(), OBS_DIM, ACTION_DIM)
-    capped = SORLAgent(small_config("cap_step_level=true"), OBS_DIM, ACTION_DIM)
-    networks.copy_weights(plain.actor, capped.actor)
+    agent = SORLAgent(small_config(), OBS_DIM, ACTION_DIM)
     obs = tf.constant(make_batch()["observations"])
     noise = tf.random.stateless_normal([BATCH, ACTION_DIM], seed=[2, 2])
-    m_disc = capped.config.m_disc
-    for steps in (1, m_disc):
-        np.testing.assert_array_equal(capped.act(obs, steps=steps, noise=noise).numpy(),
-                                      plain.act(obs, steps=steps, noise=noise).numpy())
-    want = sampling.euler_sample(plain.actor, obs, noise, 2 * m_disc, max_level=math.log2(m_disc))
-    np.testing.assert_array_equal(capped.act(obs, steps=2 * m_disc, noise=noise).numpy(), want.numpy())
-    assert not np.array_equal(plain.act(obs, steps=2 * m_disc, noise=noise).numpy(), want.numpy())
+    m_disc = agent.config.m_disc
+    for k in (1, m_disc):
+        np.testing.assert_array_equal(agent.act(obs, euler_steps=k, noise=noise, cap_step_level=True).numpy(),
+                                      agent.act(obs, euler_steps=k, noise=noise).numpy())
+    want = sampling.euler_sample(agent.actor, obs, noise, 2 * m_disc, max_level=math.log2(m_disc))
+    capped = agent.act(obs, euler_steps=2 * m_disc, noise=noise, cap_step_level=True)
+    np.testing.assert_array_equal(capped.numpy(), want.numpy())
+    assert not np.array_equal(agent.act(obs, euler_steps=2 * m_disc, noise=noise).numpy(), want.numpy())
+    # make_policy_fn passes it on; its noise is the act stream's next draw.
+    policy = agent.make_policy_fn(euler_steps=2 * m_disc, jit_compile=False, cap_step_level=True)
+    key = noise_lib.stream_key(agent.config.seed, noise_lib.ACT_STREAM, agent.act_draws.numpy())
+    stream_noise = tf.random.stateless_normal([BATCH, ACTION_DIM], seed=key)
+    want = sampling.euler_sample(agent.actor, obs, stream_noise, 2 * m_disc, max_level=math.log2(m_disc))
+    np.testing.assert_allclose(policy(obs.numpy()), want.numpy(), atol=1e-6)
 
 
 def test_act_traces_with_a_symbolic_batch():
@@ -281,16 +295,16 @@ def test_act_traces_with_a_symbolic_batch():
     obs = make_batch()["observations"]
     for steps, num_samples in [(1, 1), (16, 4)]:
         traced = tf.function(
-            lambda o, s: agent.act(o, steps=steps, num_samples=num_samples, seed=s),
+            lambda o, s: agent.act(o, euler_steps=steps, num_samples=num_samples, seed=s),
             input_signature=[tf.TensorSpec([None, OBS_DIM], tf.float32), tf.TensorSpec([], tf.int64)],
         )
         np.testing.assert_allclose(
             traced(obs, tf.constant(9, tf.int64)).numpy(),
-            agent.act(obs, steps=steps, num_samples=num_samples, seed=9).numpy(),
+            agent.act(obs, euler_steps=steps, num_samples=num_samples, seed=9).numpy(),
             atol=1e-6,
         )
         assert traced(obs[:3], tf.constant(9, tf.int64)).shape == (3, ACTION_DIM)
-    policy = agent.make_policy_fn(steps=2, jit_compile=False)
+    policy = agent.make_policy_fn(euler_steps=2, jit_compile=False)
     assert policy(obs.astype(np.float64)).shape == (BATCH, ACTION_DIM)
 
 
@@ -298,13 +312,13 @@ def test_checkpoint_restores_everything_and_training_continues_identically(tmp_p
     config = small_config()
     data = dataset(make_batch())
     original = SORLAgent(config, OBS_DIM, ACTION_DIM)
-    original.compile()
+    original.compile(jit_compile=False)
     original.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
     original.act(make_batch()["observations"])
     path = tf.train.Checkpoint(agent=original).save(str(tmp_path / "ckpt"))
 
     restored = SORLAgent(config, OBS_DIM, ACTION_DIM)
-    restored.compile()
+    restored.compile(jit_compile=False)
     restored.fit(dataset(make_batch(5)), steps_per_epoch=3, epochs=1, verbose=0)  # other weights, slots, counters
     tf.train.Checkpoint(agent=restored).restore(path).assert_consumed()
     names = sorted(v.path for v in original.variables)

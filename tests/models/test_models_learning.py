@@ -12,7 +12,7 @@ hundred steps.
 import numpy as np
 import tensorflow as tf
 
-from models.config import get_config
+from models.config import AgentConfig
 from models.sorl import SORLAgent
 
 STEPS = 1000
@@ -39,21 +39,11 @@ def behaviour_data(rng, rows=4096):
 def test_policy_picks_the_high_value_mode_and_stays_on_the_data():
     rng = np.random.default_rng(0)
     data = behaviour_data(rng)
-    config = get_config(
-        "cube",
-        [
-            "actor_hidden_dims=64,64",
-            "critic_hidden_dims=64,64",
-            "batch_size=256",
-            "actor_lr=3e-3",
-            "critic_lr=3e-3",
-            "q_loss_coef=100",
-            "jit_compile=false",
-        ],
-    )
+    config = AgentConfig(actor_hidden_dims=(64, 64), critic_hidden_dims=(64, 64), batch_size=256, actor_lr=3e-3,
+                         critic_lr=3e-3, q_loss_coef=100.0)
     dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(4096, seed=0).repeat().batch(256, drop_remainder=True)
     agent = SORLAgent(config, obs_dim=2, action_dim=1)
-    agent.compile()
+    agent.compile(jit_compile=False)
     history = agent.fit(dataset, steps_per_epoch=STEPS, epochs=1, verbose=0).history
     assert history["critic/loss"][-1] < 0.1  # the critic has learned r(a)
 
@@ -61,7 +51,7 @@ def test_policy_picks_the_high_value_mode_and_stays_on_the_data():
     data_reward = reward(data["actions"]).mean()  # about -0.2
     summary = {}
     for k in (1, 2, 4, 8):
-        actions = agent.act(contexts, steps=k, seed=1).numpy()
+        actions = agent.act(contexts, euler_steps=k, seed=1).numpy()
         in_good = np.mean(np.abs(actions[:, 0] - 0.5) < 0.3)
         in_bad = np.mean(np.abs(actions[:, 0] + 0.5) < 0.3)
         summary[k] = (round(float(in_good), 3), round(float(in_bad), 3), round(float(reward(actions).mean()), 3))

@@ -109,14 +109,14 @@ def test_q_loss_by_hand(steps):
     x0 = np.array([[0.1, 0.2], [-0.4, 0.3], [0.9, 0.9]], np.float32)
     obs = np.zeros((3, 1), np.float32)
     velocity = lambda s, x, t, d: 0.0 * x + 0.25  # noqa: E731  constant: a = clip(x0 + 0.25)
-    loss, info = losses.q_loss(velocity, member_critic, obs, x0, steps, max_steps=8)
+    loss, info = losses.q_loss(velocity, member_critic, obs, x0, steps, max_euler_steps=8)
     a = np.clip(x0 + 0.25, -1, 1)
     q = (a.sum(1) * steps + (-2 * a.sum(1) + 1)) / 2
     np.testing.assert_allclose(loss.numpy(), -q.mean() / np.abs(q).mean(), rtol=1e-5)
     np.testing.assert_allclose(info["q_mean"].numpy(), q.mean(), rtol=1e-5)
     np.testing.assert_allclose(info["q_abs_mean"].numpy(), np.abs(q).mean(), rtol=1e-5)
     # A given normaliser replaces mean|Q|.
-    fixed, _ = losses.q_loss(velocity, member_critic, obs, x0, steps, max_steps=8, normaliser=2.0)
+    fixed, _ = losses.q_loss(velocity, member_critic, obs, x0, steps, max_euler_steps=8, normaliser=2.0)
     np.testing.assert_allclose(fixed.numpy(), -q.mean() / 2.0, rtol=1e-5)
 
 
@@ -141,7 +141,7 @@ def test_q_loss_gradient_reaches_every_euler_step(k):
     results = {}
     for name, steps in [("static", k), ("runtime", tf.constant(k))]:
         with tf.GradientTape() as tape:
-            loss, _ = losses.q_loss(velocity, critic, obs, noise, steps, max_steps=8)
+            loss, _ = losses.q_loss(velocity, critic, obs, noise, steps, max_euler_steps=8)
         probe_grad, *actor_grads = tape.gradient(loss, [probe] + actor.trainable_variables)
         probe_grad = tf.convert_to_tensor(probe_grad)  # gathered rows arrive as IndexedSlices
         per_step = np.abs(probe_grad.numpy()).sum(axis=1)
@@ -151,7 +151,7 @@ def test_q_loss_gradient_reaches_every_euler_step(k):
     for static, runtime in zip(results["static"], results["runtime"]):
         np.testing.assert_allclose(runtime, static, rtol=1e-4, atol=1e-7)
     with tf.GradientTape() as tape:
-        loss, _ = losses.q_loss(velocity, critic, obs, noise, k, max_steps=8)
+        loss, _ = losses.q_loss(velocity, critic, obs, noise, k, max_euler_steps=8)
     # The critic is a fixed judge here: a gradient exists, but the agent never applies it (see agent tests).
     assert all(g is not None for g in tape.gradient(loss, critic.trainable_variables))
 
@@ -173,7 +173,7 @@ def test_critic_loss_by_hand(q_agg):
         return tf.stack([total + k, 3.0 * total])
 
     loss, info = losses.critic_loss(
-        velocity, member_critic, target_critic, batch, next_noise, 2, max_steps=8, discount=0.9, q_agg=q_agg
+        velocity, member_critic, target_critic, batch, next_noise, 2, max_euler_steps=8, discount=0.9, q_agg=q_agg
     )
     next_a = np.clip(next_noise - 0.1, -1, 1).sum(1)
     members = np.stack([next_a + 2.0, 3.0 * next_a])
@@ -219,6 +219,6 @@ def test_drawn_inputs_follow_the_spec_distributions():
     again = losses.draw_loss_inputs(tf.constant([7, 0], tf.int64), 256, 5, m_disc=8, m_btt=8)
     for key in draws:
         np.testing.assert_array_equal(draws[key].numpy(), again[key].numpy())
-    ks = {int(losses.draw_loss_inputs(tf.constant([7, i], tf.int64), 4, 1, 8, 8)["actor_steps"]) for i in range(64)}
+    ks = {int(losses.draw_loss_inputs(tf.constant([7, i], tf.int64), 4, 1, 8, 8)["actor_euler_steps"]) for i in range(64)}
     assert ks == {1, 2, 4, 8}
     assert sampling.step_counts(8) == sorted(ks)

@@ -58,7 +58,7 @@ def test_output_is_clipped_to_the_action_box():
 
 
 def test_zero_steps_is_an_error():
-    with pytest.raises(ValueError, match="steps=0"):
+    with pytest.raises(ValueError, match="euler_steps=0"):
         sampling.euler_sample(linear_velocity(0.0, 0.0), np.zeros((1, 1)), np.zeros((1, 1)), 0)
 
 
@@ -96,7 +96,7 @@ def test_sample_actions_ranks_candidates_with_the_critic():
         assert k.shape == (6,)
         return tf.stack([-tf.square(a[:, 0] - 0.3), -tf.square(a[:, 0] - 0.3) + k - k])
 
-    got = sampling.sample_actions(linear_velocity(0.0, 0.0), critic, obs, noise, steps=4, q_agg="min").numpy()
+    got = sampling.sample_actions(linear_velocity(0.0, 0.0), critic, obs, noise, euler_steps=4, q_agg="min").numpy()
     np.testing.assert_allclose(got, [[0.25], [0.5]])
 
 
@@ -107,7 +107,7 @@ def test_critic_sees_the_step_count():
         seen.append(k)
         return tf.zeros([2, tf.shape(a)[0]])
 
-    sampling.sample_actions(linear_velocity(0.0, 0.0), critic, tf.zeros([1, 1]), tf.zeros([1, 2, 1]), steps=16)
+    sampling.sample_actions(linear_velocity(0.0, 0.0), critic, tf.zeros([1, 1]), tf.zeros([1, 2, 1]), euler_steps=16)
     np.testing.assert_array_equal(seen[0].numpy(), [16.0, 16.0])
 
 

@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.config import get_config
+from models.config import AgentConfig
+from models.noise import SEED_SALT
 from models.sorl import SORLAgent
 from serving import export
-from serving.signatures import SEED_SALT
 
 OBS_DIM, ACTION_DIM = 6, 3
-SMALL_NETS = ["actor_hidden_dims=32,32", "critic_hidden_dims=32,32"]
+SMALL_NETS = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32))
 
 
 def make_agent(seed: int = 0) -> SORLAgent:
-    return SORLAgent(get_config("cube", SMALL_NETS + [f"seed={seed}"]), OBS_DIM, ACTION_DIM)
+    return SORLAgent(AgentConfig(**SMALL_NETS, seed=seed), OBS_DIM, ACTION_DIM)
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +42,10 @@ def row_noise(seeds, num_samples: int) -> np.ndarray:
         for s in seeds])
 
 
-def expected_actions(agent, observations, seeds, steps: int, num_samples: int) -> np.ndarray:
+def expected_actions(agent, observations, seeds, euler_steps: int, num_samples: int) -> np.ndarray:
     """What the in-process agent answers for these observations and per-row seeds."""
     noise = row_noise(seeds, num_samples)
-    return agent.act(tf.constant(observations), steps=steps, num_samples=num_samples,
+    return agent.act(tf.constant(observations), euler_steps=euler_steps, num_samples=num_samples,
                      noise=tf.constant(noise)).numpy()
 
 
@@ -57,7 +57,7 @@ def seeded_row_noise():
 
 @pytest.fixture(scope="session")
 def expected():
-    """expected(agent, observations, seeds, steps, num_samples) -> actions (see expected_actions)."""
+    """expected(agent, observations, seeds, euler_steps, num_samples) -> actions (see expected_actions)."""
     return expected_actions
 
 

@@ -8,8 +8,10 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from models import noise
 from serving import export, signatures
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -120,8 +122,8 @@ def test_seeded_signature_equals_agent_act_on_the_same_noise(loaded, agent, expe
     assert np.all(np.abs(got) <= 1.0)
 
 
-def test_default_budget_is_the_configs_inference_steps(agent, expected, observations, loaded):
-    default = agent.config.inference_steps
+def test_default_budget_is_the_configs_inference_euler_steps(agent, expected, observations, loaded):
+    default = agent.config.inference_euler_steps
     planned = signatures.plan_signatures([1, 2], [], default)
     assert [v for v in planned if v.name == "serving_default"] == [
         signatures.SignatureVariant("serving_default", default, 1, False)]
@@ -179,9 +181,16 @@ def test_xla_export_is_verified_and_draws_noise_inside_the_compiled_function(age
     # jit_compile: a plain signature is one XLA computation including its noise stream; the
     # export's own verification (seeded parity with the agent, batch vs rows, TF1 loader) passes.
     version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(1, 2),
-                                            best_of=((2, 3),), default_steps=2, jit_compile=True)
+                                            best_of=((2, 3),), default_euler_steps=2, jit_compile=True)
     loaded = tf.saved_model.load(version_dir)
     assert loaded.act_k2.concrete_functions[0].function_def.attr["_XlaMustCompile"].b
+    # The noise stream is saved as a generic resource, not under a registered Python class, so
+    # exports load whichever module defines NoiseStream (it moved from serving.signatures to models.noise).
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(pathlib.Path(version_dir, "saved_model.pb").read_bytes())
+    nodes = saved_model.meta_graphs[0].object_graph_def.nodes
+    stream = next(nodes[c.node_id] for c in nodes[0].children if c.local_name == "noise_stream")
+    assert stream.WhichOneof("kind") == "resource" and not stream.registered_name
     observations = tf.zeros([5, agent.obs_dim])
     first = loaded.act_k2_best_of_3(observations)["actions"].numpy()
     second = loaded.act_k2_best_of_3(observations)["actions"].numpy()
@@ -194,7 +203,7 @@ def test_concurrent_calls_never_share_noise(agent, tmp_path, jit_compile):
     # TF Serving runs requests concurrently: each call must draw its own noise (the same
     # observation from 4 threads x 150 calls gives 600 different actions).
     version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(1,), best_of=(),
-                                            default_steps=1, jit_compile=jit_compile, verify=False)
+                                            default_euler_steps=1, jit_compile=jit_compile, verify=False)
     function = tf.saved_model.load(version_dir).signatures["act_k1"]
     observation = tf.zeros([1, agent.obs_dim])
     actions, lock = [], threading.Lock()
@@ -314,7 +323,7 @@ class _BatchDependentAgent:
 def test_failed_verification_publishes_nothing(agent, tmp_path):
     with pytest.raises(export.ExportVerificationError, match="single-row"):
         export.export_saved_model(_BatchDependentAgent(agent), str(tmp_path), budgets=(1,),
-                                  best_of=(), default_steps=1)
+                                  best_of=(), default_euler_steps=1)
     assert os.listdir(tmp_path) == []
 
 
@@ -334,7 +343,7 @@ def test_adaptive_signatures_equal_adaptive_act_on_the_same_noise(agent, observa
     from models import adaptive
 
     version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(1,), best_of=(),
-                                            default_steps=1, adaptive=(4, 0.0))
+                                            default_euler_steps=1, adaptive=(4, 0.0))
     loaded = tf.saved_model.load(version_dir)
     assert set(loaded.signatures.keys()) == {"act_k1", "act_k1_seeded", "serving_default",
                                              "act_adaptive", "act_adaptive_seeded"}
@@ -343,12 +352,21 @@ def test_adaptive_signatures_equal_adaptive_act_on_the_same_noise(agent, observa
                                                    seed=tf.constant(seeds))
     actions, steps_used = adaptive.adaptive_act(
         agent, tf.constant(observations), noise=tf.constant(seeded_row_noise(seeds, 1)),
-        max_steps=4, threshold=0.0)
+        max_euler_steps=4, threshold=0.0)
     np.testing.assert_allclose(got["actions"].numpy(), actions.numpy(), atol=1e-5)
     np.testing.assert_array_equal(got["steps_used"].numpy(), steps_used.numpy())
     fresh = loaded.signatures["act_adaptive"](observations=tf.constant(observations))
     assert fresh["actions"].shape == (len(observations), agent.action_dim)
     assert set(fresh["steps_used"].numpy().tolist()) <= {1, 2, 4}
+
+
+def save_run(workdir, agent):
+    """RUN/config.json as training writes it for `agent`."""
+    import dataclasses
+
+    from pipeline.config import make_run_config, save_run_config
+    run = dataclasses.replace(make_run_config("cube"), agent=agent.config)
+    save_run_config(workdir, run, agent.obs_dim, agent.action_dim, data_dir=None, strategy="default")
 
 
 def test_cli_exports_the_latest_checkpoint_of_a_run(agent_factory, expected, observations,
@@ -358,7 +376,7 @@ def test_cli_exports_the_latest_checkpoint_of_a_run(agent_factory, expected, obs
     for weight in trained.actor.weights:  # "training": weights a fresh agent would not have
         weight.assign(weight * 1.5 + 0.01)
     workdir = str(tmp_path / "run")
-    checkpoints.write_run_config(workdir, trained.config, trained.obs_dim, trained.action_dim)
+    save_run(workdir, trained)
     step = tf.Variable(7, dtype=tf.int64)
     checkpoints.make_checkpoint_manager(trained, workdir, step).save(checkpoint_number=7)
     base = str(tmp_path / "models")
@@ -378,15 +396,41 @@ def test_cli_cap_step_level_applies_to_budgets_beyond_m_disc(agent_factory, obse
     from models.sampling import euler_sample
     trained = agent_factory(seed=6)
     workdir = str(tmp_path / "run")
-    checkpoints.write_run_config(workdir, trained.config, trained.obs_dim, trained.action_dim)
+    save_run(workdir, trained)
     checkpoints.make_checkpoint_manager(trained, workdir, tf.Variable(1, dtype=tf.int64)).save(checkpoint_number=1)
     k = 2 * trained.config.m_disc
     version_dir = export.main([f"--workdir={workdir}", f"--model_base_path={tmp_path / 'models'}",
-                               f"--budgets={k}", "--best_of=", f"--default_steps={k}", "--cap_step_level"])
+                               f"--budgets={k}", "--best_of=", f"--default_euler_steps={k}", "--cap_step_level"])
     seeds = np.arange(len(observations), dtype=np.int64)
     got = tf.saved_model.load(version_dir).signatures[f"act_k{k}_seeded"](
         observations=tf.constant(observations), seed=tf.constant(seeds))["actions"].numpy()
-    noise = signatures.seeded_noise(tf.constant(seeds), 1, trained.action_dim)[:, 0, :]
-    capped = euler_sample(trained.actor, observations, noise, k, max_level=np.log2(trained.config.m_disc))
+    row_noise = noise.row_seeded_noise(tf.constant(seeds), 1, trained.action_dim)[:, 0, :]
+    capped = euler_sample(trained.actor, observations, row_noise, k, max_level=np.log2(trained.config.m_disc))
     np.testing.assert_allclose(got, capped.numpy(), atol=1e-5)
-    assert not np.allclose(got, euler_sample(trained.actor, observations, noise, k).numpy(), atol=1e-5)
+    assert not np.allclose(got, euler_sample(trained.actor, observations, row_noise, k).numpy(), atol=1e-5)
+
+
+def test_cap_step_level_is_an_export_argument_and_reaches_the_adaptive_policy(agent, observations, tmp_path):
+    from models import adaptive
+
+    k = 2 * agent.config.m_disc
+    version_dir = export.export_saved_model(agent, str(tmp_path), budgets=(k,), best_of=(), default_euler_steps=k,
+                                            adaptive=(k, 0.0), cap_step_level=True)  # verified against the agent
+    loaded = tf.saved_model.load(version_dir)
+    seeds = np.arange(len(observations), dtype=np.int64)
+    row_noise = noise.row_seeded_noise(tf.constant(seeds), 1, agent.action_dim)
+    got = loaded.signatures["act_adaptive_seeded"](observations=tf.constant(observations), seed=tf.constant(seeds))
+    want, _ = adaptive.adaptive_act(agent, tf.constant(observations), noise=row_noise, max_euler_steps=k,
+                                    cap_step_level=True)
+    np.testing.assert_allclose(got["actions"].numpy(), want.numpy(), atol=1e-5)
+    plain = loaded.signatures[f"act_k{k}_seeded"](observations=tf.constant(observations), seed=tf.constant(seeds))
+    uncapped = agent.act(tf.constant(observations), euler_steps=k, noise=row_noise)
+    assert not np.allclose(plain["actions"].numpy(), uncapped.numpy(), atol=1e-5)
+
+
+def test_cli_accepts_the_old_flag_spellings():
+    args = export.parse_args(["--workdir=run", "--default_steps=3", "--adaptive_max_steps=4"])
+    assert (args.default_euler_steps, args.adaptive_max_euler_steps, args.cap_step_level) == (3, 4, False)
+    args = export.parse_args(["--workdir=run", "--default_euler_steps=2", "--adaptive_max_euler_steps=8",
+                              "--cap_step_level"])
+    assert (args.default_euler_steps, args.adaptive_max_euler_steps, args.cap_step_level) == (2, 8, True)
