@@ -1,5 +1,6 @@
 """Inference-time scaling sweeps: the budget grid (Euler steps k x candidates N, plus adaptive rows),
-its CSV table with 95% Wilson intervals, and the plots.
+its CSV table with 95% Wilson intervals, the plots, and `run_evaluation`, the one call behind
+pipeline/evaluate.py (the grid and the critic diagnostics of a checkpoint or an export).
 
 The runner is independent of where the policy comes from: `run_grid` takes a `make_policy(cell)`
 callable, so a checkpoint (any cell, through `agent.act`) and a SavedModel (the cells it has
@@ -11,16 +12,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import tempfile
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from pipeline import evaluation
+from data import envs as env_families
+from data import files
+from pipeline import policies, rollouts
 
-DEFAULT_STEPS = (1, 2, 4, 8, 16, 32)
+DEFAULT_EULER_STEPS = (1, 2, 4, 8, 16, 32)
 DEFAULT_CANDIDATES = (1, 2, 4, 8, 16)
 Z_95 = 1.959963984540054  # standard normal quantile at 0.975
 
@@ -71,15 +74,15 @@ class Cell:
         return self.N if self.N > 1 else 0
 
 
-def budget_grid(steps: Iterable[int] = DEFAULT_STEPS, candidates: Iterable[int] = DEFAULT_CANDIDATES,
-                adaptive_thresholds: Iterable[float] = (), adaptive_max_steps: int = 8) -> list[Cell]:
+def budget_grid(euler_steps: Iterable[int] = DEFAULT_EULER_STEPS, candidates: Iterable[int] = DEFAULT_CANDIDATES,
+                adaptive_thresholds: Iterable[float] = (), adaptive_max_euler_steps: int = 8) -> list[Cell]:
     """Every (k, N) pair, then one adaptive cell per threshold."""
-    steps, candidates = [int(k) for k in steps], [int(n) for n in candidates]
-    for name, values in (("steps", steps), ("candidates", candidates)):
+    euler_steps, candidates = [int(k) for k in euler_steps], [int(n) for n in candidates]
+    for name, values in (("euler_steps", euler_steps), ("candidates", candidates)):
         if not values or any(v < 1 for v in values):
             raise ValueError(f"--{name}={values}: give one or more positive integers")
-    cells = [Cell(k, n) for k in steps for n in candidates]
-    cells += [Cell(int(adaptive_max_steps), 1, adaptive=True, threshold=float(t)) for t in adaptive_thresholds]
+    cells = [Cell(k, n) for k in euler_steps for n in candidates]
+    cells += [Cell(int(adaptive_max_euler_steps), 1, adaptive=True, threshold=float(t)) for t in adaptive_thresholds]
     return cells
 
 
@@ -102,7 +105,7 @@ def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[flo
 
 
 def cell_row(task, cell: Cell, result: dict, seed: int, cost: Optional[dict] = None) -> dict:
-    """One CSV row from `evaluation.evaluate_policy`'s result. `cost` (adaptive cells) overrides
+    """One CSV row from `rollouts.evaluate_policy`'s result. `cost` (adaptive cells) overrides
     the per-action step and call counts with the means the policy measured."""
     episodes = int(result["episodes"])
     successes = float(np.sum(result["successes"]))
@@ -200,7 +203,7 @@ def run_grid(
                 policy = policies[cell]
                 if hasattr(policy, "reset_cost"):
                     policy.reset_cost()
-                result = evaluation.evaluate_policy(
+                result = rollouts.evaluate_policy(
                     policy, env, task, episodes, seed, num_envs=num_envs, episode_length=episode_length,
                     vectorization=vectorization, progress=bar.update)
                 cost = policy.cost() if hasattr(policy, "cost") else None
@@ -217,22 +220,8 @@ def run_grid(
 
 
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str] = CSV_COLUMNS) -> Path:
-    """Write rows to `path` through a temporary file moved into place (never a half-written CSV)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({c: _format(row.get(c, "")) for c in columns})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write rows to `path` whole (floats to 6 significant digits; a missing column is empty)."""
+    return files.write_csv(path, [{c: _format(row.get(c, "")) for c in columns} for row in rows], columns)
 
 
 def _format(value):
@@ -278,10 +267,7 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
         ax.legend(fontsize="small")
         ax.set_title((title + suffix).strip())
         fig.tight_layout()
-        path = output_dir / name
-        _save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(files.save_figure(fig, output_dir / name))
 
     def errorbar(ax, group, x_key, label, dodge=0.0, **kwargs):
         # dodge: a small shift along the log axis so that overlapping lines stay visible
@@ -312,7 +298,207 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
     return paths
 
 
-def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+
+def format_table(rows) -> str:
+    """A short text table for the terminal: one line per row."""
+    lines = [f"{'task':>4} {'policy':>8} {'k':>3} {'N':>3} {'success':>8} {'95% CI':>13} {'return':>8} "
+             f"{'calls/act':>9} {'ms/act':>7}"]
+    for r in rows:
+        lines.append(f"{str(r['task']):>4} {r['policy']:>8} {r['k']:>3} {r['N']:>3} {r['success_rate']:>8.3f} "
+                     f"[{r['success_ci_low']:.2f}, {r['success_ci_high']:.2f}] {r['mean_return']:>8.1f} "
+                     f"{r['compute_per_action']:>9.1f} {r['policy_ms_per_action']:>7.2f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources: a checkpoint (any budget) or a SavedModel (its signatures), and the one evaluation call
+
+DEFAULT_ENV = "cube-single-play"  # a SavedModel outside a run directory, without --env
+DEFAULT_TASK = 2
+
+
+class EvaluationError(ValueError):
+    """A request the sources cannot serve; the message says what to pass instead."""
+
+
+def _load_run_config(workdir):
+    """(RunConfig, info) of a run directory, or (None, {}) when it has no readable config.json."""
+    from pipeline.config import load_run_config
+
+    try:
+        run_config, _, _, info = load_run_config(str(workdir))
+    except (FileNotFoundError, ValueError):
+        return None, {}
+    return run_config, dict(info or {})
+
+
+class CheckpointSource:
+    """A training run's agent; every cell goes through agent.act."""
+
+    def __init__(self, workdir, checkpoint=None, cap_step_level: bool = False):
+        from models import checkpoints
+        from pipeline.config import load_run_config
+
+        self.agent, self.agent_config, self.step = checkpoints.load_agent(str(workdir), checkpoint)
+        self.run_config, _, _, info = load_run_config(str(workdir))
+        self.run_info = dict(info or {})
+        self.workdir = Path(workdir)
+        self.cap_step_level = bool(cap_step_level)
+        self.description = f"{workdir} (step {self.step})"
+
+    def make_policy(self, cell):
+        if cell.adaptive:
+            return policies.make_adaptive_policy(self.agent, cell.k, cell.threshold)
+        return policies.make_agent_policy(self.agent, cell.k, cell.N, cap_step_level=self.cap_step_level)
+
+    def check_cells(self, cells):
+        from models import adaptive
+
+        for cell in cells:
+            if cell.adaptive:
+                adaptive.step_levels(cell.k)  # a clear error for a cap that is not a power of two
+
+
+class SavedModelSource:
+    """An exported SavedModel; a cell needs its signature (act_k{k}[_best_of_{N}][_seeded])."""
+
+    def __init__(self, path):
+        from serving.versions import resolve_saved_model_dir
+
+        self.path = Path(resolve_saved_model_dir(path))
+        self.model = policies.load_saved_model(self.path)
+        # RUN/export/N: the run's config (env, task) sits two levels up.
+        self.run_config, self.run_info = _load_run_config(self.path.parent.parent)
+        self.description = str(self.path)
+
+    @staticmethod
+    def signature_name(cell) -> str:
+        return f"act_k{cell.k}" + (f"_best_of_{cell.N}" if cell.N > 1 else "")
+
+    def make_policy(self, cell):
+        return policies.make_saved_model_policy(self.path, self.signature_name(cell), loaded=self.model)
+
+    def check_cells(self, cells):
+        if any(cell.adaptive for cell in cells):
+            raise EvaluationError("--adaptive_threshold needs --workdir=RUN: an export's act_adaptive "
+                                  "signature has its threshold and cap fixed at export time")
+        names = set(self.model.signatures.keys())
+        missing = sorted({self.signature_name(c) for c in cells}
+                         - {n[: -len("_seeded")] if n.endswith("_seeded") else n for n in names})
+        if missing:
+            raise EvaluationError(
+                f"{self.path} has no signature for {missing} (it has {sorted(names)}). Choose budgets "
+                "it exports with --euler_steps/--candidates, export them (serving/export.py --budgets/--best_of), "
+                "or evaluate the run's checkpoint with --workdir=RUN (any budget)."
+            )
+        unseeded = sorted({self.signature_name(c) for c in cells} - {n[: -len("_seeded")] for n in names
+                                                                     if n.endswith("_seeded")})
+        if unseeded:
+            print(f"evaluate.py: warning: {unseeded} have no _seeded twin; their noise (and results) will "
+                  "differ from run to run.", file=sys.stderr)
+
+
+def open_source(workdir=None, saved_model=None, checkpoint=None, cap_step_level: bool = False):
+    """A CheckpointSource (`workdir`) or a SavedModelSource (`saved_model`); EvaluationError naming
+    what is wrong otherwise."""
+    if (workdir is None) == (saved_model is None):
+        raise EvaluationError("pass exactly one of --workdir (a training run) and --saved_model (an export)")
+    if saved_model is not None and cap_step_level:
+        raise EvaluationError("--cap_step_level applies to --workdir checkpoints; an export fixes it when it "
+                              "is made (python serving/export.py --cap_step_level)")
+    try:
+        if workdir is not None:
+            return CheckpointSource(workdir, checkpoint, cap_step_level)
+        return SavedModelSource(saved_model)
+    except FileNotFoundError as error:
+        flag = "--workdir" if workdir is not None else "--saved_model"
+        raise EvaluationError(f"{flag}: {error}") from None
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+
+
+def default_output(source) -> Path:
+    """RUN/scaling for a checkpoint; artifacts/evaluate/<model>-<version> for an export."""
+    if isinstance(source, CheckpointSource):
+        return source.workdir / "scaling"
+    return Path("artifacts") / "evaluate" / f"{source.path.parent.name}-{source.path.name}"
+
+
+def run_evaluation(
+    workdir=None,
+    saved_model=None,
+    checkpoint=None,
+    cap_step_level: bool = False,
+    env: Optional[str] = None,
+    tasks: Optional[Sequence[int]] = None,
+    euler_steps: Sequence[int] = DEFAULT_EULER_STEPS,
+    candidates: Sequence[int] = DEFAULT_CANDIDATES,
+    adaptive_thresholds: Sequence[float] = (),
+    adaptive_max_euler_steps: int = 8,
+    episodes: int = 50,
+    seed: int = 0,
+    num_envs: Optional[int] = None,
+    episode_length: Optional[int] = None,
+    vectorization: str = "auto",
+    output=None,
+    grid: bool = True,
+    diagnostics: bool = False,
+    diagnostics_euler_steps: Optional[int] = None,
+    data_dir=None,
+    val_batches: int = 20,
+    show_progress: bool = True,
+) -> dict:
+    """Evaluate a checkpoint (`workdir`, any budget) or an export (`saved_model`, the budgets it has
+    signatures for) over the budget grid, and optionally the critic diagnostics (checkpoints only).
+
+    env and tasks default to the run's (DEFAULT_ENV and DEFAULT_TASK for an export outside a run
+    directory); data_dir (for the TD error) to the run's prepared data; diagnostics_euler_steps to
+    the agent's inference_euler_steps; output to `default_output(source)`.
+
+    Writes to `output`: with `grid`, scaling.csv and the plots of `plot_scaling`; with
+    `diagnostics`, q_vs_return_task{T}.csv/.png per task and diagnostics.json.
+    Returns a summary: source, env, tasks, output; with `grid` csv, plots, rows (count), seconds,
+    table (format_table's text); with `diagnostics` the per-task diagnostics summaries.
+    Raises EvaluationError for a request the source cannot serve (the message says what to pass).
+    """
+    from pipeline import diagnostics as critic_diagnostics
+    from pipeline import environments
+
+    source = open_source(workdir, saved_model, checkpoint, cap_step_level)
+    if diagnostics and not isinstance(source, CheckpointSource):
+        raise EvaluationError("--diagnostics needs the critic: pass --workdir=RUN (a checkpoint), not --saved_model")
+    run_data = source.run_config.data if source.run_config is not None else None
+    try:
+        env = env_families.resolve_env(env or (run_data.env if run_data else None) or DEFAULT_ENV).name
+    except ValueError as error:
+        raise EvaluationError(f"--env: {error}") from None
+    tasks = list(tasks) if tasks else [int((run_data.task if run_data else None) or DEFAULT_TASK)]
+    output = Path(output) if output else default_output(source)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = dict(source=source.description, env=env, tasks=tasks, output=str(output))
+
+    try:
+        if grid:
+            cells = budget_grid(euler_steps, candidates, adaptive_thresholds, adaptive_max_euler_steps)
+            source.check_cells(cells)
+            start = time.perf_counter()
+            rows = run_grid(source.make_policy, env, tasks, cells, episodes, seed, num_envs=num_envs,
+                            episode_length=episode_length, vectorization=vectorization, show_progress=show_progress)
+            csv_path = write_csv(rows, output / "scaling.csv")
+            plots = plot_scaling(rows, output, title=f"{env}")
+            summary.update(csv=str(csv_path), plots=[str(p) for p in plots], rows=len(rows),
+                           seconds=round(time.perf_counter() - start, 1), table=format_table(rows))
+        if diagnostics:
+            k = int(diagnostics_euler_steps or source.run_config.agent.inference_euler_steps)
+            data_dir = data_dir or source.run_info.get("data_dir")
+            summary["diagnostics"] = [
+                critic_diagnostics.run_diagnostics(
+                    source.agent, env, task, episodes, seed, k, data_dir, val_batches, output, num_envs=num_envs,
+                    episode_length=episode_length, vectorization=vectorization, show_progress=show_progress,
+                    cap_step_level=source.cap_step_level)
+                for task in tasks
+            ]
+            critic_diagnostics.write_diagnostics_json(summary["diagnostics"], output / "diagnostics.json")
+    finally:
+        environments.close_environments()
+    return summary

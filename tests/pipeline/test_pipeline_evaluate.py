@@ -22,7 +22,7 @@ from pipeline import evaluate, scaling
 
 ROOT = Path(__file__).resolve().parents[2]
 EPISODE_LENGTH = 6
-GRID = ["--task=2", "--steps=1,2", "--candidates=1,2", "--episodes=3", "--num_envs=2",
+GRID = ["--task=2", "--euler_steps=1,2", "--candidates=1,2", "--episodes=3", "--num_envs=2",
         f"--episode_length={EPISODE_LENGTH}", "--seed=7", "--no_progress", "--vectorization=sync"]
 TIMING_COLUMNS = {"policy_ms_per_action", "policy_ms_per_call", "wall_seconds"}
 
@@ -81,16 +81,16 @@ def test_same_seed_same_numbers_and_export_agrees_with_checkpoint(run_dir, tmp_p
 def test_saved_model_without_the_budget_is_a_clear_error(run_dir, tmp_path):
     # the export has k in {1, 2, 4 (config.inference_steps, serving_default)}, not 8
     with pytest.raises(SystemExit, match=r"no signature for \['act_k8'\].*--workdir"):
-        evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--steps=1,8", "--candidates=1",
+        evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--euler_steps=1,8", "--candidates=1",
                        "--episodes=1", f"--output={tmp_path}"])
     with pytest.raises(SystemExit, match="adaptive_threshold needs --workdir"):
-        evaluate.main([f"--saved_model={run_dir / 'export'}", "--steps=1", "--candidates=1",
+        evaluate.main([f"--saved_model={run_dir / 'export'}", "--euler_steps=1", "--candidates=1",
                        "--adaptive_threshold=0", "--episodes=1", f"--output={tmp_path}"])
 
 
 def test_cap_step_level_is_for_checkpoints_only(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="--cap_step_level applies to --workdir.*export.py --cap_step_level"):
-        evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--steps=16", "--candidates=1",
+        evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--euler_steps=16", "--candidates=1",
                        "--cap_step_level", f"--output={tmp_path}"])
 
 
@@ -118,27 +118,18 @@ def test_diagnostics_q_against_returns_and_td_error(run_dir, cube_tfrecord_dir, 
     assert (out / "q_vs_return_task2.png").stat().st_size > 1000
 
 
-def test_diagnostics_q_column_is_the_agents_critic(run_dir, tmp_path):
-    """The q column equals agent.q_values on the recorded (observation, action) pairs."""
-    from pipeline import evaluation
-
-    agent, _, _ = checkpoints.load_agent(str(run_dir))
-    policy = evaluation.make_agent_policy(agent, 2, 1)
-    rollout = evaluation.evaluate_policy(policy, "cube-single-play", 2, episodes=1, seed=0,
-                                         episode_length=4, vectorization="sync", record=True)
-    pairs = evaluation.q_versus_returns(agent, rollout["trajectories"], 2, 0.99)
-    trajectory = rollout["trajectories"][0]
-    expected = agent.q_values(trajectory["observations"], trajectory["actions"], 2).numpy()
-    np.testing.assert_allclose(pairs["q"], expected, rtol=1e-5)
+def test_diagnostics_need_a_checkpoint(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--diagnostics needs the critic: pass --workdir"):
+        evaluate.main([f"--saved_model={run_dir / 'export'}", "--diagnostics_only", f"--output={tmp_path}"])
 
 
 def test_command_line_runs_with_worker_processes(run_dir, tmp_path):
     """The entry script as a user runs it, with async vector envs (forkserver workers import it)."""
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "pipeline" / "evaluate.py"), f"--workdir={run_dir}", "--task=2", "--steps=1",
-         "--candidates=1", "--episodes=2", "--num_envs=2", "--episode_length=3", "--vectorization=async",
-         f"--output={out}"],
+        [sys.executable, str(ROOT / "pipeline" / "evaluate.py"), f"--workdir={run_dir}", "--task=2",
+         "--euler_steps=1", "--candidates=1", "--episodes=2", "--num_envs=2", "--episode_length=3",
+         "--vectorization=async", f"--output={out}"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = scaling.read_csv(out / "scaling.csv")
@@ -148,10 +139,32 @@ def test_command_line_runs_with_worker_processes(run_dir, tmp_path):
 
 def test_bad_flags_are_clear_errors(tmp_path, capsys):
     for argv, message in ((["--workdir=x", "--task=9"], "tasks are 1..5"),
-                          (["--workdir=x", "--steps=1,zero"], "comma-separated integers"),
+                          (["--workdir=x", "--euler_steps=1,zero"], "comma-separated integers"),
+                          (["--workdir=x", "--steps=1,zero"], "--steps='1,zero': expected comma-separated"),
+                          (["--workdir=x", "--steps=1", "--euler_steps=2"], "pass only --euler_steps"),
                           (["--task=2"], "one of the arguments --workdir --saved_model is required")):
         with pytest.raises(SystemExit):
             evaluate.parse_args(argv)
         assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="no saved_model.pb"):
-        evaluate.resolve_saved_model_dir(tmp_path)
+    with pytest.raises(SystemExit, match="--saved_model: .*no saved_model.pb"):
+        evaluate.main([f"--saved_model={tmp_path}", f"--output={tmp_path / 'out'}"])
+
+
+def test_steps_is_a_deprecated_spelling_of_euler_steps(capsys):
+    args = evaluate.parse_args(["--workdir=x", "--steps=1,4"])
+    assert args.euler_steps == [1, 4]
+    err = capsys.readouterr().err
+    assert err == "evaluate.py: --steps is deprecated (it means Euler steps): use --euler_steps\n"
+    assert evaluate.parse_args(["--workdir=x"]).euler_steps == [1, 2, 4, 8, 16, 32]
+    assert evaluate.parse_args(["--workdir=x", "--euler_steps=2,8"]).euler_steps == [2, 8]
+    assert capsys.readouterr().err == ""
+
+
+def test_deprecated_steps_flag_runs_the_same_grid(run_dir, tmp_path, capsys):
+    old = [a.replace("--euler_steps=", "--steps=") for a in GRID]
+    assert old != GRID
+    evaluate.main([f"--workdir={run_dir}", *old, f"--output={tmp_path / 'old'}"])
+    assert "--steps is deprecated" in capsys.readouterr().err
+    evaluate.main([f"--workdir={run_dir}", *GRID, f"--output={tmp_path / 'new'}"])
+    assert (strip_timing(scaling.read_csv(tmp_path / "old" / "scaling.csv"))
+            == strip_timing(scaling.read_csv(tmp_path / "new" / "scaling.csv")))
