@@ -1,7 +1,7 @@
 """Evaluation throughput in the real cube-single env: episodes/s, sync vs async vector envs.
 
     python -m bench.bench_evaluate --episodes=50 --num_envs=1,5,10,25 --vectorization=sync,async
-    python -m bench.bench_evaluate --policy=agent --steps=4       # a fresh paper-size SORLAgent
+    python -m bench.bench_evaluate --policy=agent --euler_steps=4  # a fresh paper-size SORLAgent
 
 Each configuration runs once to warm up (worker start-up, MuJoCo compilation, tracing; reported
 as `startup_s`) and then `--repeats` times; the median is reported. `--policy=random` measures the
@@ -36,17 +36,17 @@ class RandomPolicy:
             np.float32)
 
 
-def make_policy(name, env, steps, num_samples):
+def make_policy(name, env, euler_steps, num_samples):
     if name == "random":
         return RandomPolicy(5)
     import tensorflow as tf  # noqa: F401  (TF before MuJoCo)
     from models.config import get_config
     from models.sorl import SORLAgent
-    from pipeline import evaluation
+    from pipeline import policies
 
     config = get_config(env)
     agent = SORLAgent(config, obs_dim=28, action_dim=5)
-    return evaluation.make_agent_policy(agent, steps=steps, num_samples=num_samples)
+    return policies.make_agent_policy(agent, euler_steps=euler_steps, num_samples=num_samples)
 
 
 def parse_args(argv):
@@ -58,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--num_envs", default="1,5,10,25")
     p.add_argument("--vectorization", default="sync,async")
     p.add_argument("--policy", default="random", choices=["random", "agent"])
-    p.add_argument("--steps", type=int, default=4, help="Euler steps of the agent policy")
+    p.add_argument("--euler_steps", "--steps", type=int, default=4, help="Euler steps of the agent policy")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--output", default=None, help="write the results as JSON here")
@@ -69,15 +69,15 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.policy == "agent":
         import tensorflow as tf  # noqa: F401  (TF before MuJoCo)
-    from pipeline import evaluation
+    from pipeline import environments, rollouts
 
-    policy = make_policy(args.policy, args.env, args.steps, args.num_samples)
+    policy = make_policy(args.policy, args.env, args.euler_steps, args.num_samples)
     results = []
     for vectorization in args.vectorization.split(","):
         for num_envs in [int(n) for n in args.num_envs.split(",")]:
             if vectorization == "async" and num_envs == 1:
                 continue
-            run = lambda: evaluation.evaluate_policy(  # noqa: E731
+            run = lambda: rollouts.evaluate_policy(  # noqa: E731
                 policy, args.env, args.task, args.episodes, seed=0, num_envs=num_envs,
                 episode_length=args.episode_length, vectorization=vectorization)
             t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def main(argv=None):
                        startup_s=round(startup - median, 2))
             results.append(row)
             print(json.dumps(row), flush=True)
-            evaluation.close_environments()
+            environments.close_environments()
     if args.output:
         write_json(args.output, results, indent=1)
 
