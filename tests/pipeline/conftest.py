@@ -5,8 +5,8 @@ import gymnasium
 import numpy as np
 import pytest
 
-from models.config import get_config
 from models.sorl import SORLAgent
+from pipeline.config import make_run_config
 
 
 class LineEnv(gymnasium.Env):
@@ -38,9 +38,9 @@ class LineEnv(gymnasium.Env):
 
 def make_tiny_agent(obs_dim: int, action_dim: int, hidden=(8, 8), seed: int = 0) -> SORLAgent:
     """An untrained SORLAgent with the cube preset and small networks."""
-    widths = ",".join(str(w) for w in hidden)
-    config = get_config("cube", [f"actor_hidden_dims={widths}", f"critic_hidden_dims={widths}", f"seed={seed}"])
-    return SORLAgent(config, obs_dim=obs_dim, action_dim=action_dim)
+    config = make_run_config("cube", {"actor_hidden_dims": tuple(hidden), "critic_hidden_dims": tuple(hidden),
+                                      "seed": seed})
+    return SORLAgent(config.agent, obs_dim=obs_dim, action_dim=action_dim)
 
 
 @pytest.fixture(scope="session")

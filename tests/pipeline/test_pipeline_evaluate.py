@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf  # noqa: F401  (TF before MuJoCo)
 
 from models import checkpoints
-from models.config import get_config
 from models.sorl import SORLAgent
 from pipeline import evaluate, scaling
+from pipeline.config import make_run_config, save_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPISODE_LENGTH = 6
@@ -34,10 +34,10 @@ def run_dir(tmp_path_factory):
     from serving.export import export_saved_model
 
     workdir = tmp_path_factory.mktemp("evaluate_run") / "run"
-    config = get_config("cube", ["actor_hidden_dims=16,16", "critic_hidden_dims=16,16", "seed=5",
-                                 f"episode_length={EPISODE_LENGTH}"])
-    agent = SORLAgent(config, 28, 5)
-    checkpoints.write_run_config(str(workdir), config, 28, 5)
+    config = make_run_config("cube", {"actor_hidden_dims": (16, 16), "critic_hidden_dims": (16, 16), "seed": 5,
+                                      "episode_length": EPISODE_LENGTH})
+    agent = SORLAgent(config.agent, 28, 5)
+    save_run_config(str(workdir), config, 28, 5, data_dir="", strategy="default")
     # the step variable pipeline/training.py checkpoints with
     manager = checkpoints.make_checkpoint_manager(agent, str(workdir), agent.actor_optimizer.iterations)
     manager.save()
@@ -79,7 +79,7 @@ def test_same_seed_same_numbers_and_export_agrees_with_checkpoint(run_dir, tmp_p
 
 
 def test_saved_model_without_the_budget_is_a_clear_error(run_dir, tmp_path):
-    # the export has k in {1, 2, 4 (config.inference_steps, serving_default)}, not 8
+    # the export has k in {1, 2, 4 (inference_euler_steps, serving_default)}, not 8
     with pytest.raises(SystemExit, match=r"no signature for \['act_k8'\].*--workdir"):
         evaluate.main([f"--saved_model={run_dir / 'export' / '1'}", "--euler_steps=1,8", "--candidates=1",
                        "--episodes=1", f"--output={tmp_path}"])
