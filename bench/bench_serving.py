@@ -42,7 +42,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from bench.common import time_calls  # noqa: E402
 from data.files import write_json  # noqa: E402
-from models.config import get_config  # noqa: E402
+from pipeline.config import make_run_config  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
 from serving import export, signatures  # noqa: E402
 from serving.server import ModelServer  # noqa: E402
@@ -70,7 +70,7 @@ class InProcess:
 
     def __init__(self, agent, export_dirs: Dict[bool, str], names: Sequence[str]):
         variants = [v for v in signatures.plan_signatures([1, 2, 4, 8], [(4, 8), (8, 4)],
-                                                          agent.config.inference_steps)
+                                                          agent.config.inference_euler_steps)
                     if v.name in names]
         self.loaded = {jit: tf.saved_model.load(export_dirs[jit]) for jit in (False, True)}
         self.calls = {}
@@ -112,8 +112,8 @@ def server_calls(server: ModelServer, names: Sequence[str]) -> Dict[str, Dict[st
 
 
 def run(args) -> List[dict]:
-    overrides = ["actor_hidden_dims=64,64", "critic_hidden_dims=64,64"] if args.small else []
-    agent = SORLAgent(get_config("cube", overrides), OBS_DIM, ACTION_DIM)
+    small = {"actor_hidden_dims": (64, 64), "critic_hidden_dims": (64, 64)} if args.small else {}
+    agent = SORLAgent(make_run_config("cube", small).agent, OBS_DIM, ACTION_DIM)
     names = args.signatures.split(",")
     modes = args.modes.split(",")
     targets, target_source = load_targets(args.reference_json)

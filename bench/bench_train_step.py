@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models.config import get_config  # noqa: E402
+from pipeline.config import make_run_config  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
 
 
@@ -106,16 +106,9 @@ def ceiling(args) -> dict:
 
 
 def measure(jit_compile: bool, args) -> dict:
-    config = get_config(
-        "cube-single-play",
-        [
-            f"batch_size={args.batch_size}",
-            f"actor_hidden_dims={','.join([str(args.width)] * args.depth)}",
-            f"critic_hidden_dims={','.join([str(args.width)] * args.depth)}",
-            f"m_btt={args.m_btt}",
-            f"jit_compile={jit_compile}",
-        ],
-    )
+    widths = (args.width,) * args.depth
+    config = make_run_config("cube-single-play", {"batch_size": args.batch_size, "actor_hidden_dims": widths,
+                                                  "critic_hidden_dims": widths, "m_btt": args.m_btt}).agent
     agent = SORLAgent(config, args.obs_dim, args.action_dim)
     agent.compile(jit_compile=jit_compile, steps_per_execution=args.steps_per_execution)
     batch = synthetic_batch(args.batch_size, args.obs_dim, args.action_dim)

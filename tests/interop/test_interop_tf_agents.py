@@ -195,14 +195,14 @@ def test_missing_spec_and_broken_stream_are_refused(recorded, tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    from models.config import get_config
     from models.sorl import SORLAgent
+    from pipeline.config import make_run_config
     from serving.export import export_saved_model
 
-    config = get_config("cube", ["actor_hidden_dims=(16, 16)", "critic_hidden_dims=(16, 16)"])
+    config = make_run_config("cube", {"actor_hidden_dims": (16, 16), "critic_hidden_dims": (16, 16)}).agent
     agent = SORLAgent(config, 28, 5)  # cube-single: 28 observations, 5 actions
     base = tmp_path_factory.mktemp("export")
-    return export_saved_model(agent, str(base), budgets=(2,), best_of=((2, 2),), default_steps=2)
+    return export_saved_model(agent, str(base), budgets=(2,), best_of=((2, 2),), default_euler_steps=2)
 
 
 def cube_environment(seed):
