@@ -1,25 +1,22 @@
-"""Train SORL on an OGBench task: `python pipeline/train.py --env=cube`.
+"""Train SORL on an OGBench task: `python -m pipeline.train --env=cube`.
 
 On a fresh machine this regenerates the play data with OGBench's scripted oracles, converts it to
 TFRecords with the Beam job, trains with the paper's settings for the env, evaluates in the real
 environment, checkpoints (rerun the same command to resume) and exports a SavedModel.
 """
 
-import sys
+import argparse
+import os
 import pathlib
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402,F401  (TF before MuJoCo: see README, "Known issues")
 
 from data.errors import DataError  # noqa: E402
-from models.config import get_config  # noqa: E402
-from pipeline import training  # noqa: E402
+from pipeline import config as run_config  # noqa: E402
+from pipeline import datasets, training  # noqa: E402
 
 
 def parse_args(argv):
@@ -44,13 +41,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def resolve_config(args):
-    flags = {
-        "task": args.task, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+def resolve_config(args) -> run_config.RunConfig:
+    """The env's preset, then the typed flags (unset ones skipped), then --set KEY=VALUE."""
+    values = {
+        "task": args.task, "gradient_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
     }
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set)
-    return get_config(args.env, overrides)
+    return run_config.make_run_config(args.env, values=values, overrides=args.set)
+
+
+def default_workdir(config: run_config.RunConfig) -> pathlib.Path:
+    return datasets.DEFAULT_ARTIFACTS / "runs" / f"{config.data.env}-task{config.data.task}-s{config.agent.seed}"
 
 
 def main(argv=None):
@@ -59,9 +60,9 @@ def main(argv=None):
         config = resolve_config(args)
     except ValueError as e:
         sys.exit(f"train.py: {e}")
-    workdir = pathlib.Path(args.workdir or training.DEFAULT_ARTIFACTS / "runs" / f"{config.env}-task{config.task}-s{config.seed}")
+    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config)
     try:
-        data_dir = training.ensure_dataset(config, args.data, generate_episodes=args.generate_episodes)
+        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes)
         training.run_training(
             config, data_dir, workdir, strategy_name=args.strategy, export=not args.no_export,
             show_progress=not args.no_progress,

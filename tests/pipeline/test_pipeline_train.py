@@ -1,6 +1,5 @@
-"""End to end: `python pipeline/train.py` trains, evaluates, checkpoints, resumes and exports."""
+"""End to end: `python -m pipeline.train` trains, evaluates, checkpoints, resumes and exports."""
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -8,21 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "pipeline" / "train.py"
+TRAIN = [sys.executable, "-m", "pipeline.train"]  # run from ROOT: the project's packages import from there
 # Small networks and short evaluation episodes: the full pipeline in seconds, not the paper's scale.
 TINY = [
     "--set", "actor_hidden_dims=32,32", "--set", "critic_hidden_dims=32,32", "--set", "episode_length=30",
     "--set", "log_every=5", "--batch_size=32", "--eval_episodes=2", "--no_progress",
 ]
-NO_XLA = ["--set", "jit_compile=false"]  # XLA compiles for ~45 s on a busy CI core; the first test keeps it on
+NO_XLA = ["--set", "jit_compile=false"]  # XLA compilation is slow on a busy CI core; the first test keeps it on
 
 
 def run_train(data_dir, workdir, *extra, check=True, **kw):
-    cmd = [sys.executable, str(TRAIN), "--env=cube", f"--data={data_dir}", f"--workdir={workdir}", *TINY, *extra]
+    cmd = [*TRAIN, "--env=cube", f"--data={data_dir}", f"--workdir={workdir}", *TINY, *extra]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, **kw)
     if check and proc.returncode != 0:
@@ -46,9 +43,11 @@ def test_train_evaluates_checkpoints_exports_then_resumes(cube_tfrecord_dir, tmp
     first = run_train(cube_tfrecord_dir, workdir, "--steps=10", "--eval_every=10", "--checkpoint_every=5")
     assert "Training cube-single-play task 2" in first.stdout
 
-    config = json.loads((workdir / "config.json").read_text())
-    assert config["config"]["q_loss_coef"] == 10.0 and config["config"]["discount"] == 0.99
-    assert config["obs_dim"] == 28 and config["action_dim"] == 5
+    from pipeline.config import load_run_config
+
+    config, obs_dim, action_dim, _ = load_run_config(workdir)
+    assert config.agent.q_loss_coef == 10.0 and config.agent.discount == 0.99
+    assert obs_dim == 28 and action_dim == 5
 
     rows = list(csv.DictReader(open(workdir / "eval.csv")))
     assert [(int(r["step"]), int(r["steps_k"])) for r in rows] == [(10, 1), (10, 2), (10, 4), (10, 8)]
@@ -82,7 +81,7 @@ def test_resume_refuses_other_agent_settings(cube_tfrecord_dir, tmp_path):
 
 def test_kill_loses_at_most_the_steps_since_the_last_checkpoint(cube_tfrecord_dir, tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, str(TRAIN), "--env=cube", f"--data={cube_tfrecord_dir}", f"--workdir={workdir}", *TINY,
+    cmd = [*TRAIN, "--env=cube", f"--data={cube_tfrecord_dir}", f"--workdir={workdir}", *TINY,
            "--steps=100000", "--eval_episodes=0", "--checkpoint_every=5", "--no_export", *NO_XLA]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -101,7 +100,7 @@ def test_kill_loses_at_most_the_steps_since_the_last_checkpoint(cube_tfrecord_di
 
 def test_sigterm_checkpoints_the_step_in_flight_and_the_rerun_resumes_there(cube_tfrecord_dir, tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, str(TRAIN), "--env=cube", f"--data={cube_tfrecord_dir}", f"--workdir={workdir}", *TINY,
+    cmd = [*TRAIN, "--env=cube", f"--data={cube_tfrecord_dir}", f"--workdir={workdir}", *TINY,
            "--steps=100000", "--eval_episodes=0", "--checkpoint_every=100000", "--no_export", *NO_XLA]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -143,85 +142,3 @@ def test_data_of_another_env_is_refused_before_training(cube_tfrecord_dir, tmp_p
     assert f"{cube_tfrecord_dir / 'metadata.json'}: field 'env' is 'cube-single-play'" in proc.stderr
     assert "'scene-play'" in proc.stderr and "--env=cube-single-play" in proc.stderr
     assert not (tmp_path / "run").exists()
-
-
-def test_data_without_the_tasks_rewards_is_refused(tmp_path):
-    from models.config import get_config
-    from pipeline import training
-
-    config = get_config("cube", ["task=3"])
-    with pytest.raises(training.TrainingError) as error:  # a Minari dataset's own rewards only
-        training.check_dataset_matches(config, tmp_path, {"reward_keys": ["default"], "env": None})
-    assert f"{tmp_path / 'metadata.json'}: field 'reward_keys' is ['default'], with no 'task3'" in str(error.value)
-    assert "preprocess.py --env=FAMILY" in str(error.value)
-    with pytest.raises(training.TrainingError, match=r"pick --task from \[1, 2\]"):
-        training.check_dataset_matches(config, tmp_path, {"reward_keys": ["task1", "task2"],
-                                                           "env": "cube-single-play"})
-    training.check_dataset_matches(config, tmp_path, {"reward_keys": ["task3"], "env": "cube-single-play"})
-
-
-def test_validation_batches_are_the_val_split_with_autotuning_off(cube_tfrecord_dir):
-    # Keras makes a new validation iterator at every log boundary; dropping the old one with tf.data's
-    # autotuning on waits out the tuning thread's sleep (stalls of about 31 s, idle CPU: BENCHMARKS.md).
-    import numpy as np
-    from data import reader
-    from models.config import get_config
-    from pipeline import training
-
-    config = get_config("cube", ["batch_size=32", "seed=3"])
-    validation = training.validation_dataset(cube_tfrecord_dir, config)
-    assert validation.options().autotune.enabled is False
-    expected = reader.make_dataset(str(cube_tfrecord_dir), split="val", task=2, batch_size=32, seed=3)
-    batches = 0
-    for got, want in zip(validation.take(3), expected.take(3)):
-        assert sorted(got) == sorted(want)
-        for key in want:
-            np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
-        batches += 1
-    assert batches == 3
-
-
-def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
-    import numpy as np
-    import tensorflow as tf
-    from pipeline.training import TrainingMonitor
-    from models.config import get_config
-
-    config = get_config("cube", ["steps=10", "log_every=5"])
-    step = tf.Variable(0, dtype=tf.int64)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path / "ckpt"), max_to_keep=2)
-    manager.save(checkpoint_number=5)
-
-    class Model:
-        stop_training = False
-
-    monitor = TrainingMonitor(config, tmp_path, manager, start_step=5, evaluate=None, show_progress=False)
-    monitor.set_model(Model())
-    monitor.on_train_batch_end(0, {"critic/loss": np.float32(1.0), "actor/loss": np.float32(np.nan)})
-    assert monitor.model.stop_training
-    assert "non-finite loss at step 6: actor/loss=nan" in monitor.failure and "ckpt-5" in monitor.failure
-    monitor.on_epoch_end(0, {"critic/loss": 1.0})
-    assert manager.latest_checkpoint.endswith("ckpt-5"), "no checkpoint is written after a non-finite loss"
-
-
-MIRRORED_SCRIPT = """
-import sys, json
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from models.config import get_config
-from pipeline import training
-config = get_config("cube", ["steps=5", "log_every=5", "eval_episodes=0", "batch_size=32",
-                              "actor_hidden_dims=32,32", "critic_hidden_dims=32,32", "jit_compile=false"])
-summary = training.run_training(config, {data!r}, {workdir!r}, strategy_name="mirrored", export=False,
-                                show_progress=False)
-print(json.dumps({{"replicas": training.make_strategy("mirrored").num_replicas_in_sync, **summary}}))
-"""
-
-
-def test_mirrored_strategy_trains_on_two_logical_cpus(cube_tfrecord_dir, tmp_path):
-    script = MIRRORED_SCRIPT.format(data=str(cube_tfrecord_dir), workdir=str(tmp_path / "run"))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["replicas"] == 2 and summary["step"] == 5

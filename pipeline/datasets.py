@@ -1,0 +1,88 @@
+"""The prepared TFRecord directory a training run reads, made on first use.
+
+`pipeline/train.py` calls `ensure_dataset` before training: on a fresh machine it converts
+OGBench's own files, or regenerates play data with the scripted oracles, through the Beam jobs
+(pipeline/generate.py, pipeline/preprocess.py). The training library only reads a prepared directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from data import envs, reader, schema
+from data.errors import DataError
+
+DEFAULT_ARTIFACTS = Path("artifacts")  # relative to the working directory: data, runs, exports
+
+
+def local_beam_args() -> list[str]:
+    """Beam options for the local runner: one worker process per core."""
+    return [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
+
+
+def check_dataset_matches(data, data_dir, metadata: dict) -> None:
+    """DataError unless the dataset has rewards for `data.task` and comes from `data.env`.
+
+    Training reads the rewards of OGBench task `data.task` ('task{n}') and evaluates in the env
+    family's OGBench environment, so a dataset of another family, or one that stores only its
+    source's own rewards (a Minari dataset not recorded in an OGBench env), cannot train this run.
+    `data` is a pipeline.config.DataSpec (env, task).
+    """
+    path = Path(data_dir) / "metadata.json"
+    keys = list(metadata["reward_keys"])
+    wanted = schema.reward_key(data.task)  # 'task{n}', the key the reader will look up
+    if wanted not in keys:
+        tasks = [key for key in keys if key.startswith("task")]
+        hint = (f"pick --task from {[int(key[4:]) for key in tasks]}" if tasks else
+                "this dataset stores only its source's own rewards; train.py trains OGBench task rewards "
+                "(it evaluates in the OGBench env). Minari episodes recorded in an OGBench env (with "
+                "infos['qpos']) get task rewards from preprocess.py --env=FAMILY")
+        raise DataError(f"{path}: field 'reward_keys' is {keys}, with no '{wanted}' for --task={data.task}: {hint}.")
+    data_env = metadata.get("env")
+    if data_env is not None and envs.resolve_env(data_env).name != data.env:
+        raise DataError(f"{path}: field 'env' is {data_env!r} but this run's env is {data.env!r}: the agent "
+                        f"would be evaluated in another env than its data's. Pass --env={data_env} or "
+                        "--data of that env.")
+
+
+def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Optional[int] = None,
+                   artifacts: Path = DEFAULT_ARTIFACTS) -> Path:
+    """The prepared TFRecord directory for a run on `data` (a DataSpec), made on first use.
+
+    Order: `data_dir` (--data) if given, checked against `data`; else ARTIFACTS/data/DATASET if
+    already prepared; else convert OGBench's own files if the user has them (~/.ogbench/data); else
+    regenerate play data with the scripted oracles (cube-single, cube-double) and convert it with the
+    Beam job. DataError when none of these can work.
+    """
+    if data_dir:
+        # A clear error now beats one after the agent is built.
+        check_dataset_matches(data, data_dir, reader.load_metadata(data_dir))
+        return Path(data_dir)
+    family = envs.resolve_env(data.env)
+    dataset = family.dataset_name
+    prepared = Path(artifacts) / "data" / dataset
+    if (prepared / "metadata.json").exists():
+        return prepared
+    raw_dir = Path(artifacts) / "raw"
+    candidates = [Path("~/.ogbench/data").expanduser() / f"{dataset}.npz", raw_dir / f"{dataset}.npz"]
+    npz = next((c for c in candidates if c.exists() and c.with_name(f"{dataset}-val.npz").exists()), None)
+    beam_args = local_beam_args()
+    if npz is None:
+        if not family.can_generate:
+            raise DataError(
+                f"no prepared data for {family.name}: put OGBench's {dataset}.npz and {dataset}-val.npz in "
+                "~/.ogbench/data, or pass --data=DIR (play data can be regenerated for cube-single and cube-double)"
+            )
+        from pipeline.generate import generate_play_data
+
+        print(f"No data for {family.name}: regenerating play data with OGBench's scripted oracles into {raw_dir}.")
+        kwargs = {} if generate_episodes is None else {"episodes": generate_episodes}
+        npz = Path(generate_play_data(env=family.name, output_dir=str(raw_dir), seed=0, pipeline_args=beam_args,
+                                      **kwargs)[0])
+    from pipeline.preprocess import preprocess
+
+    print(f"Converting {npz} to TFRecords in {prepared} (Apache Beam, DirectRunner).")
+    preprocess(f"ogbench:{npz}", str(prepared), pipeline_args=beam_args)
+    return prepared

@@ -1,0 +1,75 @@
+"""The files a training run writes besides checkpoints: eval.csv, learning_curve.png, TensorBoard HParams.
+
+    RUN/eval.csv             one row per evaluation step and Euler-step budget k (column steps_k)
+    RUN/learning_curve.png   success rate against gradient steps, one line per k
+    RUN/tensorboard/         scalars (pipeline/callbacks.py) and the run's hyper-parameters
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+from data import files
+
+
+class EvalLog:
+    """Evaluation results as a CSV (one row per step and budget) and a learning-curve PNG."""
+
+    FIELDS = ("step", "task", "steps_k", "num_samples", "success_rate", "mean_return", "episodes", "seconds")
+
+    def __init__(self, workdir):
+        self.csv_path = Path(workdir) / "eval.csv"
+        self.png_path = Path(workdir) / "learning_curve.png"
+
+    def append(self, rows: Sequence[dict]) -> None:
+        files.append_csv_rows(self.csv_path, self.FIELDS, rows)
+
+    def rows(self) -> list[dict]:
+        if not self.csv_path.exists():
+            return []
+        with open(self.csv_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def plot(self, title: str) -> None:
+        rows = self.rows()
+        if not rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in sorted({int(r["steps_k"]) for r in rows}):
+            pts = sorted((int(r["step"]), 100 * float(r["success_rate"])) for r in rows if int(r["steps_k"]) == k)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"k={k} Euler steps")
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("success rate (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        files.save_figure(fig, self.png_path, dpi=120)
+
+
+def hparam_values(config) -> dict:
+    """A RunConfig's fields as TensorBoard HParams values (tuples as JSON text)."""
+    values = {}
+    for part in (config.agent, config.data, config.schedule):
+        for key, value in dataclasses.asdict(part).items():
+            values[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return values
+
+
+def write_hparams(writer, config, trial_id: str) -> None:
+    """The run's hyper-parameters for TensorBoard's HParams dashboard, through summary `writer`."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with writer.as_default():
+        hp.hparams(hparam_values(config), trial_id=trial_id)
+    writer.flush()
