@@ -99,9 +99,9 @@ def run_training(
     # The run's clock is the agent's count of updates (one per gradient step), saved with the
     # agent; the checkpoint's own `step` mirrors it for readers that load no optimizer.
     manager = checkpoints.make_checkpoint_manager(agent, str(workdir), tf.Variable(0, dtype=tf.int64, trainable=False))
-    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
-    if workdir.joinpath("config.json").exists() and manager.latest_checkpoint is not None:
+    resuming = workdir.joinpath("config.json").exists() and manager.latest_checkpoint is not None
+    if resuming:
         try:
             run_config.check_resumable(workdir, config)
         except ValueError as error:
@@ -112,9 +112,11 @@ def run_training(
         workdir.mkdir(parents=True, exist_ok=True)
         run_config.save_run_config(workdir, config, obs_dim, action_dim, data_dir=str(data_dir),
                                    strategy=strategy_name)
-        run_logs.write_hparams(writer, config, trial_id=workdir.name)
         log(f"Training {config.data.env} task {config.data.task} for {schedule.gradient_steps} steps; "
             f"run directory {workdir}.")
+    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    if not resuming:
+        run_logs.write_hparams(writer, config, trial_id=workdir.name)
     start_step = _agent_step(agent)
 
     state = callbacks.TrainingState(start_step)
