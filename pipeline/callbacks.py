@@ -147,7 +147,8 @@ class ProgressReporter(keras.callbacks.Callback):
         # tqdm's own formatter (the bar's): hours past 24 stay hours, where strftime would wrap.
         eta = tqdm.format_interval(remaining / rate) if rate > 0 else "?"
         losses = " ".join(f"{k}={float(logs[k]):.4g}" for k in PROGRESS_METRICS if k in logs)
-        return f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.1f}%) {rate:.2f} steps/s ETA {eta} {losses}"
+        return (f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.1f}%) "
+                f"{rate:.2f} steps/s ETA {eta} {losses}")
 
     def close(self) -> None:
         if self._bar is not None:
