@@ -40,12 +40,11 @@ def make_policy(name, env, euler_steps, num_samples):
     if name == "random":
         return RandomPolicy(5)
     import tensorflow as tf  # noqa: F401  (TF before MuJoCo)
-    from models.config import get_config
     from models.sorl import SORLAgent
     from pipeline import policies
+    from pipeline.config import make_run_config
 
-    config = get_config(env)
-    agent = SORLAgent(config, obs_dim=28, action_dim=5)
+    agent = SORLAgent(make_run_config(env).agent, obs_dim=28, action_dim=5)
     return policies.make_agent_policy(agent, euler_steps=euler_steps, num_samples=num_samples)
 
 
