@@ -3,7 +3,7 @@
 Every transition has the same features with the same lengths, so every serialized
 tf.train.Example has the same bytes except the float payloads. `ExampleEncoder` builds that
 layout once and then fills the payload columns of a [N, record_bytes] uint8 array with numpy,
-which is ~100x faster than building protos row by row. The bytes equal
+which avoids building one proto per row (BENCHMARKS.md, data pipeline). The bytes equal
 `tf.train.Example.SerializeToString(deterministic=True)` (map keys sorted); the tests check
 that against TensorFlow's own protos.
 

@@ -119,7 +119,7 @@ def parse_args(argv):
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from pipeline import diagnostics, scaling
 
@@ -140,7 +140,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if "diagnostics" in summary:
         print(json.dumps(diagnostics.json_ready(summary["diagnostics"]), indent=1))
     print(f"Wrote {summary['output']}")
-    return summary
 
 
 if __name__ == "__main__":

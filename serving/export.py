@@ -18,11 +18,11 @@ written to a hidden temporary folder next to the version folders, loaded back an
 the in-process agent, and only then renamed into place (TF Serving ignores non-integer names, so a
 half-written export is never served).
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -360,7 +360,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] = None) -> str:
+def main(argv: Sequence[str] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from models import checkpoints  # the model package is only needed by the CLI
 
@@ -374,7 +374,6 @@ def main(argv: Sequence[str] = None) -> str:
                                      (args.adaptive_max_euler_steps, args.adaptive_threshold),
                                      cap_step_level=args.cap_step_level)
     print(f"exported step {step} of {args.workdir} to {version_dir}")
-    return version_dir
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ TINY_FLAGS = {
     "pipeline/preprocess.py": "",
     "pipeline/train.py": TINY_TRAIN,
     "serving/export.py": "",
-    "pipeline/evaluate.py": "--episodes=1 --steps=1,2 --candidates=1,2 --episode_length=20 --no_progress",
+    "pipeline/evaluate.py": "--episodes=1 --euler_steps=1,2 --candidates=1,2 --episode_length=20 --no_progress",
     "serving/server.py": "",
     "saved_model_cli": "",
 }

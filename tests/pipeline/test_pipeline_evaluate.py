@@ -51,7 +51,7 @@ def strip_timing(rows):
 
 def test_checkpoint_grid_writes_csv_and_plots(run_dir, tmp_path):
     out = tmp_path / "grid"
-    summary = evaluate.main([f"--workdir={run_dir}", *GRID, "--adaptive_threshold=0,0.01",
+    evaluate.main([f"--workdir={run_dir}", *GRID, "--adaptive_threshold=0,0.01",
                              "--adaptive_max_steps=4", f"--output={out}"])
     rows = scaling.read_csv(out / "scaling.csv")
     assert list(rows[0]) == list(scaling.CSV_COLUMNS)
@@ -64,7 +64,6 @@ def test_checkpoint_grid_writes_csv_and_plots(run_dir, tmp_path):
         assert float(r["mean_return"]) >= -EPISODE_LENGTH
     for name in ("success_vs_k.png", "success_vs_N.png", "success_vs_compute.png"):
         assert (out / name).stat().st_size > 1000
-    assert summary["rows"] == 6
 
 
 def test_same_seed_same_numbers_and_export_agrees_with_checkpoint(run_dir, tmp_path):
