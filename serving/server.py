@@ -256,6 +256,7 @@ class ModelServer:
         self._requested_ports = (port, rest_api_port)
         self._poll_wait = file_system_poll_wait_seconds
         self._grpc_server = None
+        self._grpc_executor = None
         self._rest_server: Optional[RestServer] = None
         self.grpc_port: Optional[int] = None
         self.rest_api_port: Optional[int] = None
@@ -263,9 +264,10 @@ class ModelServer:
     def start(self) -> "ModelServer":
         self.model.poll_once()  # the newest version now; later ones by the poller
         limits = self.limits
+        self._grpc_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_requests, thread_name_prefix="grpc")
         self._grpc_server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_requests,
-                                                  thread_name_prefix="grpc"),
+            self._grpc_executor,
             maximum_concurrent_rpcs=limits.max_connections,  # more are refused RESOURCE_EXHAUSTED
             options=[
                 ("grpc.max_receive_message_length",
@@ -300,6 +302,7 @@ class ModelServer:
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=1.0).wait()
             self._grpc_server = None
+            self._grpc_executor.shutdown(wait=True)  # grpc.Server.stop leaves its workers
 
     def wait(self):
         """Blocks until the gRPC server ends (Ctrl-C in the CLI)."""
