@@ -7,10 +7,11 @@ and a replay of the folder's `assets.extra/tf_serving_warmup_requests`.
 version is loaded and warmed up on the side, then swapped in with one reference assignment, so
 requests keep going to the old version until the new one is ready (TF Serving's "latest" policy).
 """
+import contextlib
 import logging
 import os
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -76,6 +77,11 @@ class Servable:
         self.signatures = signature_specs(self.meta_graph)
         self._loaded = tf.saved_model.load(path)
         self._functions = {name: loaded_function(self._loaded, name) for name in self.signatures}
+        row_values = [validation.row_values(spec) for spec in self.signatures.values()]
+        # The most numbers one row of any signature holds: bounds a request before decoding.
+        self.max_row_values = None if None in row_values else max(row_values, default=0)
+        self.in_flight = 0  # requests using this version; VersionedModel's lock guards it
+        self.retired = False  # replaced by a newer version; END once in_flight reaches 0
 
     def signature(self, name: str) -> SignatureSpec:
         """The spec of signature `name` ('' means serving_default); RequestError if unknown."""
@@ -118,17 +124,22 @@ class Servable:
 
 
 class VersionedModel:
-    """The newest version under a base path, with TF Serving's version states for status calls."""
+    """The newest version under a base path, with TF Serving's version states for status calls.
 
-    def __init__(self, model_name: str, base_path: str, max_batch_size: int,
-                 max_load_retries: int = 5):
+    States: LOADING while a version loads, AVAILABLE while served, UNLOADING while requests
+    still use a replaced version, END once none do; a failed load is END with its error message,
+    and is retried at every poll until it loads (so a copy in progress is served once complete)
+    or a newer version supersedes it.
+    """
+
+    def __init__(self, model_name: str, base_path: str, max_batch_size: int):
         self.model_name = model_name
         self.base_path = os.path.abspath(base_path)
         self.max_batch_size = max_batch_size
-        self.max_load_retries = max_load_retries
         self._current: Optional[Servable] = None
         self._states: Dict[int, Tuple[str, str]] = {}  # version -> (state, error message)
-        self._failures: Dict[int, int] = {}
+        self._failures: Dict[int, int] = {}  # version -> failed load attempts so far
+        self._last_errors: Dict[int, str] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
@@ -149,6 +160,20 @@ class VersionedModel:
                                           f"({served})")
         return servable
 
+    @contextlib.contextmanager
+    def serving(self, version: Optional[int]) -> Iterator[Servable]:
+        """get(version), counted as in flight so that status says UNLOADING until it is done."""
+        with self._lock:  # the same lock as the swap: a request never holds an END version
+            servable = self.get(version)
+            servable.in_flight += 1
+        try:
+            yield servable
+        finally:
+            with self._lock:
+                servable.in_flight -= 1
+                if servable.retired and servable.in_flight == 0:
+                    self._states[servable.version] = ("END", "")
+
     def version_states(self, version: Optional[int] = None) -> List[Tuple[int, str, str]]:
         """(version, state, error message) newest first; one version if asked (NOT_FOUND if unknown)."""
         with self._lock:
@@ -167,35 +192,52 @@ class VersionedModel:
         """Loads the newest version folder if it is not the one served; returns the served version."""
         with self._poll_lock:
             versions = list_versions(self.base_path)
-            if not versions:
-                if self._current is None:
-                    logging.warning("no integer version folder under %s yet", self.base_path)
-                return None if self._current is None else self._current.version
-            newest = versions[-1]
             current = self._current
-            if current is not None and current.version == newest:
-                return newest
-            if self._failures.get(newest, 0) >= self.max_load_retries:
-                return None if current is None else current.version
-            self._set_state(newest, "LOADING", "")
+            served = None if current is None else current.version
+            if not versions:
+                if current is None:
+                    logging.warning("no integer version folder under %s yet", self.base_path)
+                return served
+            newest = versions[-1]
+            self._abandon_failed(except_version=newest)
+            if newest == served:
+                return served
+            self._set_state(newest, "LOADING", self._last_errors.get(newest, ""))
             try:
                 servable = Servable(self.model_name, newest, os.path.join(self.base_path,
                                                                           str(newest)))
                 warmed = servable.warm_up(self.max_batch_size)
             except Exception as error:  # a bad folder must not take the server down
-                self._failures[newest] = self._failures.get(newest, 0) + 1
-                logging.error("loading %s version %d failed (attempt %d of %d): %s",
-                              self.model_name, newest, self._failures[newest],
-                              self.max_load_retries, error)
-                self._set_state(newest, "END", f"load failed: {error}")
-                return None if current is None else current.version
-            self._current = servable  # the swap: later requests see the new version
-            self._set_state(newest, "AVAILABLE", "")
-            if current is not None:
-                self._set_state(current.version, "END", "")
+                self._load_failed(newest, error)
+                return served
+            self._failures.pop(newest, None)
+            self._last_errors.pop(newest, None)
+            with self._lock:  # the swap: later requests see the new version
+                self._current = servable
+                self._states[newest] = ("AVAILABLE", "")
+                if current is not None:
+                    current.retired = True
+                    self._states[current.version] = (
+                        "UNLOADING" if current.in_flight else "END", "")
             logging.info("serving %s version %d from %s (%d warm-up requests)",
                          self.model_name, newest, servable.path, warmed)
             return newest
+
+    def _load_failed(self, version: int, error: Exception):
+        attempts = self._failures[version] = self._failures.get(version, 0) + 1
+        message = f"load failed: {error}"
+        # One line per distinct error, not one per poll, while a copy is still in progress.
+        level = logging.DEBUG if self._last_errors.get(version) == message else logging.ERROR
+        logging.log(level, "loading %s version %d failed (attempt %d; retried at every poll): %s",
+                    self.model_name, version, attempts, error)
+        self._last_errors[version] = message
+        self._set_state(version, "END", message)
+
+    def _abandon_failed(self, except_version: int):
+        """Failed versions other than the newest are no longer retried (TF Serving's latest policy)."""
+        for version in [v for v in self._failures if v != except_version]:
+            self._set_state(version, "END", self._last_errors.pop(version))
+            del self._failures[version]
 
     def _set_state(self, version: int, state: str, message: str):
         with self._lock:

@@ -12,32 +12,34 @@ to `tensorflow_model_server` on the same folder with the same flags:
 gRPC: `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and
 `tensorflow.serving.ModelService` (GetModelStatus). REST: `POST /v1/models/NAME[/versions/N]:predict`
 (`instances` rows or `inputs` columns), `GET /v1/models/NAME[/versions/N]` (status) and
-`GET /v1/models/NAME[/versions/N]/metadata`. The newest integer version folder is served and a
-new one is picked up without a restart (see serving/servable.py).
+`GET /v1/models/NAME[/versions/N]/metadata` (see serving/rest.py). The newest integer version
+folder is served and a new one is picked up without a restart (see serving/servable.py). Both
+fronts bound a request's bytes, values and rows from what it declares, before decoding it, with
+one shared `ServingLimits` (see serving/limits.py).
 """
 import argparse
 import concurrent.futures
-import http.server
-import json
+import contextlib
+import dataclasses
 import logging
-import re
 import signal
 import sys
-import threading
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import validation
-from serving.servable import DEFAULT_SIGNATURE, VersionedModel
-from serving.validation import NOT_FOUND, RequestError
+from serving.limits import DecodeBudget, ServingLimits
+from serving.rest import RestApp, RestServer
+from serving.servable import Servable, VersionedModel
+from serving.validation import NOT_FOUND, RequestError, SignatureSpec
 
 GRPC_CODE = {
     validation.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -46,14 +48,43 @@ GRPC_CODE = {
     validation.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     validation.INTERNAL: grpc.StatusCode.INTERNAL,
 }
-MAX_REST_BODY_BYTES = 64 << 20
+# gRPC core refuses longer messages itself (RESOURCE_EXHAUSTED) before reading them; between
+# max_body_bytes and this the server's own check answers, with REST's status and message.
+GRPC_MESSAGE_SLACK_BYTES = 1 << 20
 
 
-def tensor_proto_to_array(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+def declared_tensor(alias: str, proto: tensor_pb2.TensorProto) -> Tuple[np.dtype, Tuple[int, ...]]:
+    """(dtype, shape) a TensorProto declares, read without materialising its values."""
     try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # malformed protos raise many types
-        raise validation.invalid(f"input '{alias}' is not a valid TensorProto: {error}") from None
+        dtype = np.dtype(tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype)
+    except TypeError:
+        raise validation.invalid(f"input '{alias}' has dtype enum {proto.dtype}, which is not a "
+                                 f"TensorFlow dtype") from None
+    if proto.tensor_shape.unknown_rank:
+        raise validation.invalid(f"input '{alias}' declares an unknown rank; send its shape")
+    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise validation.invalid(f"input '{alias}' declares shape {list(shape)}; "
+                                 f"dimensions must be >= 0")
+    return dtype, shape
+
+
+def decode_inputs(protos, signature: SignatureSpec, servable: Servable,
+                  limits: ServingLimits) -> Dict[str, np.ndarray]:
+    """The request's TensorProtos as arrays, after every bound that their declared dtypes and
+    shapes allow is checked: a small proto declaring a huge shape is refused, not filled."""
+    declared = {alias: declared_tensor(alias, proto) for alias, proto in protos.items()}
+    limits.check_values(sum(int(np.prod(shape, dtype=object)) for _, shape in declared.values()),
+                        servable.max_row_values)
+    validation.validate_declared(signature, declared, limits.max_batch_size)
+    arrays = {}
+    for alias, proto in protos.items():
+        try:
+            arrays[alias] = tf.make_ndarray(proto)
+        except Exception as error:  # malformed protos raise many types
+            raise validation.invalid(f"input '{alias}' is not a valid TensorProto: "
+                                     f"{error}") from None
+    return arrays
 
 
 def array_to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
@@ -84,13 +115,12 @@ class ServingFront:
                                           f"server serves model '{self.model.model_name}'")
         return self.model.get(version)
 
-    def predict(self, name: str, version: Optional[int], signature_name: str,
-                inputs: Dict[str, np.ndarray], output_filter: Sequence[str] = (),
-                label: str = ""):
-        servable = self.resolve(name, version, label)
-        outputs = servable.predict(signature_name, inputs, self.model.max_batch_size,
-                                   output_filter)
-        return servable, outputs
+    @contextlib.contextmanager
+    def serving(self, name: str, version: Optional[int], label: str = "") -> Iterator[Servable]:
+        """resolve(...), held as in flight for the request (status says UNLOADING meanwhile)."""
+        self.resolve(name, version, label)  # the checks and NOT_FOUND messages
+        with self.model.serving(version) as servable:
+            yield servable
 
     def status(self, name: str, version: Optional[int]) -> get_model_status_pb2.GetModelStatusResponse:
         if name != self.model.model_name:
@@ -122,25 +152,38 @@ def _spec_version(model_spec: model_pb2.ModelSpec) -> Optional[int]:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+    """tensorflow.serving.PredictionService: Predict and GetModelMetadata.
 
-    def __init__(self, front: ServingFront):
+    Predict takes the request's bytes undecoded (see `add_to_server`), so that their length is
+    checked against the limits before protobuf parses them.
+    """
+
+    def __init__(self, front: ServingFront, limits: ServingLimits, budget: DecodeBudget):
         self.front = front
+        self.limits = limits
+        self.budget = budget
 
-    def Predict(self, request: predict_pb2.PredictRequest, context):
-        spec = request.model_spec
+    def Predict(self, request_bytes: bytes, context):
         try:
-            inputs = {alias: tensor_proto_to_array(alias, proto)
-                      for alias, proto in request.inputs.items()}
-            servable, outputs = self.front.predict(
-                spec.name, _spec_version(spec), spec.signature_name, inputs,
-                list(request.output_filter), spec.version_label)
+            self.limits.check_body_bytes(len(request_bytes))
+            with self.budget.decoding(len(request_bytes)):
+                try:
+                    request = predict_pb2.PredictRequest.FromString(request_bytes)
+                except DecodeError as error:
+                    raise validation.invalid(f"request is not a PredictRequest: {error}") from None
+                spec = request.model_spec
+                with self.front.serving(spec.name, _spec_version(spec),
+                                        spec.version_label) as servable:
+                    signature = servable.signature(spec.signature_name)
+                    inputs = decode_inputs(request.inputs, signature, servable, self.limits)
+                    outputs = servable.predict(signature.name, inputs, self.limits.max_batch_size,
+                                               list(request.output_filter))
         except RequestError as error:
             context.abort(GRPC_CODE[error.code], error.message)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.model_name
         response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        response.model_spec.signature_name = signature.name
         for alias, value in outputs.items():
             response.outputs[alias].CopyFrom(array_to_tensor_proto(value))
         return response
@@ -159,6 +202,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except RequestError as error:
             context.abort(GRPC_CODE[error.code], error.message)
 
+    def add_to_server(self, server: grpc.Server):
+        """Registers the service as the generated code would, but with Predict's request bytes
+        passed through undecoded."""
+        handlers = {
+            "Predict": grpc.unary_unary_rpc_method_handler(
+                self.Predict, request_deserializer=None,
+                response_serializer=predict_pb2.PredictResponse.SerializeToString),
+            "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+                self.GetModelMetadata,
+                request_deserializer=get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+                response_serializer=get_model_metadata_pb2.GetModelMetadataResponse
+                .SerializeToString),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "tensorflow.serving.PredictionService", handlers),))
+
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: GetModelStatus (config reloads are not supported)."""
@@ -173,119 +232,51 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             context.abort(GRPC_CODE[error.code], error.message)
 
 
-# TF Serving's REST paths: /v1/models/NAME[/versions/N | /labels/L][:verb | /metadata]
-_REST_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>[a-zA-Z]+)|(?P<metadata>/metadata))?/?$")
-
-
-def _proto_json(message) -> Dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-
-
-class RestHandler(http.server.BaseHTTPRequestHandler):
-    """The REST front; `server.front` is the ServingFront."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving
-    server_version = "sorl-serving"
-
-    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
-        logging.debug("%s - %s", self.address_string(), format % args)
-
-    def _reply(self, status: int, body: Dict[str, Any]):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _route(self) -> Tuple[str, Optional[int], str, str, bool]:
-        match = _REST_PATH.match(self.path.split("?", 1)[0])
-        if match is None:
-            raise validation.invalid(f"Malformed request: {self.command} {self.path}; use "
-                                     "/v1/models/NAME[/versions/N][:predict|/metadata]")
-        version = match["version"]
-        return (match["name"], None if version is None else int(version), match["label"] or "",
-                match["verb"] or "", bool(match["metadata"]))
-
-    def _handle(self, action):
-        try:
-            status, body = action()
-        except RequestError as error:
-            status, body = validation.HTTP_STATUS[error.code], {"error": error.message}
-        except Exception as error:  # one bad request must not stop the server
-            logging.exception("REST %s %s failed", self.command, self.path)
-            status, body = 500, {"error": f"internal error: {error}"}
-        self._reply(status, body)
-
-    def do_GET(self):  # noqa: N802 - stdlib name
-        def action():
-            name, version, label, verb, metadata = self._route()
-            if verb:
-                raise validation.invalid(f"Malformed request: GET with ':{verb}'; "
-                                         "use POST for :predict")
-            if metadata:
-                response = self.server.front.metadata(name, version, label)
-                signature_map = get_model_metadata_pb2.SignatureDefMap()
-                response.metadata["signature_def"].Unpack(signature_map)
-                return 200, {"model_spec": _proto_json(response.model_spec),
-                             "metadata": {"signature_def": _proto_json(signature_map)}}
-            if label:
-                raise validation.invalid(f"version label '{label}' is not supported")
-            return 200, _proto_json(self.server.front.status(name, version))
-        self._handle(action)
-
-    def do_POST(self):  # noqa: N802 - stdlib name
-        def action():
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_REST_BODY_BYTES:
-                raise validation.invalid(f"request body of {length} bytes is larger than "
-                                         f"{MAX_REST_BODY_BYTES}")
-            body = self.rfile.read(length)
-            name, version, label, verb, metadata = self._route()
-            if metadata or verb != "predict":
-                raise validation.invalid(
-                    f"Malformed request: POST {self.path}; this server answers "
-                    f"POST /v1/models/NAME[/versions/N]:predict (classify/regress are not served)")
-            servable = self.server.front.resolve(name, version, label)
-            signature_name, inputs, fmt = validation.parse_rest_predict(body, servable.signature)
-            outputs = servable.predict(signature_name, inputs, self.server.front.model.max_batch_size)
-            return 200, validation.format_rest_predict(outputs, fmt)
-        self._handle(action)
-
-
 class ModelServer:
     """gRPC and REST fronts over one VersionedModel; start() / stop(), or use as a context manager.
 
     Ports: 0 picks a free port (read `grpc_port` / `rest_api_port` after start); a REST port of
     None turns REST off. The first version is loaded in start(); later ones by the poller.
+    `limits` bounds what a request may cost (serving/limits.py); `max_batch_size` overrides its
+    field of that name.
     """
 
     def __init__(self, model_name: str, model_base_path: str, port: int = 8500,
                  rest_api_port: Optional[int] = 8501, host: str = "0.0.0.0",
-                 file_system_poll_wait_seconds: float = 1.0, max_batch_size: int = 1024,
-                 grpc_workers: int = 16):
-        self.model = VersionedModel(model_name, model_base_path, max_batch_size)
+                 file_system_poll_wait_seconds: float = 1.0,
+                 max_batch_size: Optional[int] = None, limits: Optional[ServingLimits] = None):
+        limits = limits or ServingLimits()
+        if max_batch_size is not None:
+            limits = dataclasses.replace(limits, max_batch_size=max_batch_size)
+        self.limits = limits
+        self.model = VersionedModel(model_name, model_base_path, limits.max_batch_size)
         self.front = ServingFront(self.model)
+        self._budget = DecodeBudget(limits.max_decode_bytes)
         self._host = host
         self._requested_ports = (port, rest_api_port)
         self._poll_wait = file_system_poll_wait_seconds
-        self._grpc_workers = grpc_workers
         self._grpc_server = None
-        self._http_server = None
-        self._http_thread = None
+        self._grpc_executor = None
+        self._rest_server: Optional[RestServer] = None
         self.grpc_port: Optional[int] = None
         self.rest_api_port: Optional[int] = None
 
     def start(self) -> "ModelServer":
         self.model.poll_once()  # the newest version now; later ones by the poller
+        limits = self.limits
+        self._grpc_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_requests, thread_name_prefix="grpc")
         self._grpc_server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=self._grpc_workers))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.front), self._grpc_server)
+            self._grpc_executor,
+            maximum_concurrent_rpcs=limits.max_connections,  # more are refused RESOURCE_EXHAUSTED
+            options=[
+                ("grpc.max_receive_message_length",
+                 limits.max_body_bytes + GRPC_MESSAGE_SLACK_BYTES),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+                ("grpc.so_reuseport", 0),  # a taken port is an error, not shared
+            ])
+        PredictionServicer(self.front, limits, self._budget).add_to_server(self._grpc_server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.front), self._grpc_server)
         grpc_port, rest_port = self._requested_ports
@@ -294,29 +285,24 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {self._host}:{grpc_port}")
         self._grpc_server.start()
         if rest_port is not None:
-            self._http_server = http.server.ThreadingHTTPServer((self._host, rest_port),
-                                                                RestHandler)
-            self._http_server.daemon_threads = True
-            self._http_server.front = self.front
-            self.rest_api_port = self._http_server.server_address[1]
-            self._http_thread = threading.Thread(target=self._http_server.serve_forever,
-                                                 name="rest", daemon=True)
-            self._http_thread.start()
+            self._rest_server = RestServer(RestApp(self.front, limits, self._budget),
+                                           self._host, rest_port, limits).start()
+            self.rest_api_port = self._rest_server.port
         self.model.start_polling(self._poll_wait)
         logging.info("model %s: gRPC on %s:%d, REST on %s", self.model.model_name, self._host,
                      self.grpc_port, self.rest_api_port or "off")
         return self
 
     def stop(self):
+        """Stops polling, both fronts, their sockets and threads."""
         self.model.stop()
-        if self._http_server is not None:
-            self._http_server.shutdown()
-            self._http_server.server_close()
-            self._http_thread.join()
-            self._http_server = None
+        if self._rest_server is not None:
+            self._rest_server.stop()
+            self._rest_server = None
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=1.0).wait()
             self._grpc_server = None
+            self._grpc_executor.shutdown(wait=True)  # grpc.Server.stop leaves its workers
 
     def wait(self):
         """Blocks until the gRPC server ends (Ctrl-C in the CLI)."""
@@ -343,10 +329,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between polls for new versions; <= 0: load the newest "
                              "version at start only")
-    parser.add_argument("--max_batch_size", type=int, default=1024,
-                        help="largest batch one request may send (not a tensorflow_model_server "
-                             "flag; its batching config plays this role there)")
+    defaults = ServingLimits()
+    # Not tensorflow_model_server flags (its batching config and gRPC options play these roles).
+    parser.add_argument("--max_batch_size", type=int, default=defaults.max_batch_size,
+                        help="most rows one request may send")
+    parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                        help="largest request body (REST) or message (gRPC)")
+    parser.add_argument("--max_connections", type=int, default=defaults.max_connections,
+                        help="open REST connections, and concurrent gRPC calls, at most")
+    parser.add_argument("--request_timeout", type=float, default=defaults.request_timeout_s,
+                        help="seconds a REST client may take to send one request")
+    parser.add_argument("--idle_timeout", type=float, default=defaults.idle_timeout_s,
+                        help="seconds an idle keep-alive connection stays open")
     return parser.parse_args(argv)
+
+
+def limits_from_args(args: argparse.Namespace) -> ServingLimits:
+    return dataclasses.replace(
+        ServingLimits(), max_batch_size=args.max_batch_size, max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections, request_timeout_s=args.request_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_decode_bytes=max(ServingLimits.max_decode_bytes, args.max_body_bytes))
 
 
 def main(argv: Sequence[str] = None):
@@ -356,7 +359,7 @@ def main(argv: Sequence[str] = None):
     server = ModelServer(args.model_name, args.model_base_path, port=args.port,
                          rest_api_port=args.rest_api_port or None, host=args.rest_api_host,
                          file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-                         max_batch_size=args.max_batch_size).start()
+                         limits=limits_from_args(args)).start()
     try:
         server.wait()
     except KeyboardInterrupt:

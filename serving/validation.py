@@ -62,39 +62,48 @@ class SignatureSpec:
     outputs: Mapping[str, TensorSpec]
 
 
-def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, np.ndarray],
-                    max_batch_size: int) -> Dict[str, np.ndarray]:
-    """Returns `inputs` unchanged when they match `signature`; raises RequestError otherwise.
+def row_values(signature: SignatureSpec) -> Optional[int]:
+    """How many numbers one row of `signature` holds over all its inputs (unbatched inputs count
+    whole); None when an input has a free dimension after the batch one."""
+    total = 0
+    for spec in signature.inputs.values():
+        dims = spec.shape[1:] if spec.shape and spec.shape[0] is None else spec.shape
+        if any(d is None for d in dims):
+            return None
+        total += int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def validate_declared(signature: SignatureSpec,
+                      declared: Mapping[str, Tuple[np.dtype, Tuple[int, ...]]],
+                      max_batch_size: int):
+    """Checks each input's (dtype, shape) against `signature`, before any value is decoded.
 
     Inputs whose signature shape starts with a free dimension are batched: they must all have
     the same number of rows, at least 1 and at most `max_batch_size`.
     """
     expected = sorted(signature.inputs)
-    extra = sorted(set(inputs) - set(signature.inputs))
-    missing = sorted(set(signature.inputs) - set(inputs))
+    extra = sorted(set(declared) - set(signature.inputs))
+    missing = sorted(set(signature.inputs) - set(declared))
     if extra or missing:
         raise invalid(
             f"signature '{signature.name}' takes inputs {expected}; request has "
-            f"{sorted(inputs)} (unexpected: {extra}, missing: {missing})")
+            f"{sorted(declared)} (unexpected: {extra}, missing: {missing})")
     batch_sizes = {}
     for name in expected:
-        spec, value = signature.inputs[name], inputs[name]
+        spec, (dtype, shape) = signature.inputs[name], declared[name]
         where = f"input '{name}' of signature '{signature.name}'"
-        if value.dtype != spec.dtype:
-            raise invalid(f"{where} must be {spec.dtype.name}, got {value.dtype.name}")
-        if value.ndim != len(spec.shape):
+        if dtype != spec.dtype:
+            raise invalid(f"{where} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
+        if len(shape) != len(spec.shape):
             raise invalid(f"{where} must have shape {spec.describe()} (rank {len(spec.shape)}), "
-                          f"got shape {list(value.shape)}")
-        for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+                          f"got shape {list(shape)}")
+        for axis, (want, got) in enumerate(zip(spec.shape, shape)):
             if want is not None and want != got:
                 raise invalid(f"{where} must have shape {spec.describe()}, got shape "
-                              f"{list(value.shape)} (dimension {axis} is {got}, expected {want})")
+                              f"{list(shape)} (dimension {axis} is {got}, expected {want})")
         if spec.shape and spec.shape[0] is None:
-            batch_sizes[name] = value.shape[0]
-        if value.dtype.kind == "f" and value.size and not np.all(np.isfinite(value)):
-            bad = np.argwhere(~np.isfinite(value))[0]
-            raise invalid(f"{where} has a non-finite value {value[tuple(bad)]} at index "
-                          f"{bad.tolist()}; send finite numbers")
+            batch_sizes[name] = shape[0]
     if len(set(batch_sizes.values())) > 1:
         raise invalid(f"batched inputs of signature '{signature.name}' have different numbers "
                       f"of rows: {batch_sizes}")
@@ -106,6 +115,20 @@ def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, np.ndarray],
             raise invalid(f"input '{name}' of signature '{signature.name}' has {rows} rows, "
                           f"more than the server's max_batch_size={max_batch_size}; "
                           f"split the request")
+
+
+def validate_inputs(signature: SignatureSpec, inputs: Mapping[str, np.ndarray],
+                    max_batch_size: int) -> Dict[str, np.ndarray]:
+    """Returns `inputs` unchanged when they match `signature` (validate_declared) and floats
+    are finite; raises RequestError otherwise."""
+    validate_declared(signature, {name: (value.dtype, value.shape)
+                                  for name, value in inputs.items()}, max_batch_size)
+    for name in sorted(inputs):
+        value = inputs[name]
+        if value.dtype.kind == "f" and value.size and not np.all(np.isfinite(value)):
+            bad = np.argwhere(~np.isfinite(value))[0]
+            raise invalid(f"input '{name}' of signature '{signature.name}' has a non-finite "
+                          f"value {value[tuple(bad)]} at index {bad.tolist()}; send finite numbers")
     return dict(inputs)
 
 

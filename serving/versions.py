@@ -1,19 +1,23 @@
 """Integer version folders under a model base path, as TF Serving reads them."""
 
 import os
+import re
 from typing import List
 
 SAVED_MODEL_FILE = "saved_model.pb"
+_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")  # fits int64, as TF Serving's version numbers
 
 
 def list_versions(base_path: str) -> List[int]:
-    """Integer-named subfolders of `base_path`, ascending; other names are ignored (as TF Serving)."""
+    """Subfolders of `base_path` named by a plain integer ("7", not "07", "7.tmp" or "٧"),
+    ascending; other names are ignored, never an error (as TF Serving)."""
     try:
         names = os.listdir(base_path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
     return sorted(int(name) for name in names
-                  if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
+                  if _PLAIN_INTEGER.fullmatch(name) and os.path.isdir(os.path.join(base_path, name)))
 
 
 def resolve_saved_model_dir(path) -> str:
