@@ -1,7 +1,9 @@
 """Shared fixtures for the serving tests: one small real SORLAgent and its export per session,
 and raw HTTP / gRPC clients that can send what no well-behaved client library would."""
+import contextlib
 import json
 import re
+import shutil
 import socket
 import time
 from typing import Optional, Tuple
@@ -16,7 +18,9 @@ from models.config import AgentConfig
 from models.noise import SEED_SALT
 from models.sorl import SORLAgent
 from serving import export
+from serving.server import ModelServer
 
+MODEL = "sorl"
 OBS_DIM, ACTION_DIM = 6, 3
 SMALL_NETS = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32))
 
@@ -40,6 +44,20 @@ def agent_factory():
 def export_dir(agent, tmp_path_factory):
     """RUN/export/1 of the session agent with the default budgets (1, 2, 4, 8) and best-of 4x8."""
     return export.export_saved_model(agent, str(tmp_path_factory.mktemp("export")))
+
+
+@pytest.fixture(scope="module")
+def serve_export(export_dir, tmp_path_factory):
+    """serve_export(**ModelServer options) -> a started ModelServer on 127.0.0.1 (ephemeral ports) over
+    a copy of the session export as version 1 of model MODEL, without version polling; every server
+    it started stops when the test module ends."""
+    with contextlib.ExitStack() as servers:
+        def start(**options) -> ModelServer:
+            base = tmp_path_factory.mktemp("served")
+            shutil.copytree(export_dir, base / "1")
+            return servers.enter_context(ModelServer(MODEL, str(base), port=0, rest_api_port=0, host="127.0.0.1",
+                                                     file_system_poll_wait_seconds=-1, **options))
+        yield start
 
 
 def row_noise(seeds, num_samples: int) -> np.ndarray:

@@ -26,12 +26,8 @@ PREDICT = f"/v1/models/{MODEL}:predict"
 
 
 @pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("limits")
-    shutil.copytree(export_dir, base / "1")
-    with ModelServer(MODEL, str(base), port=0, rest_api_port=0, host="127.0.0.1",
-                     file_system_poll_wait_seconds=-1, limits=LIMITS) as running:
-        yield running
+def server(serve_export):
+    return serve_export(limits=LIMITS)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ client-error status or a correct prediction; never a 5xx, a hang or a crash.
 Derandomized and bounded (EXAMPLES per test) so that CI runs the same cases in seconds.
 """
 import json
-import shutil
 
 import grpc
 import numpy as np
@@ -15,7 +14,6 @@ from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from serving.limits import ServingLimits
-from serving.server import ModelServer
 
 MODEL, OBS_DIM, ACTION_DIM = "sorl", 6, 3
 LIMITS = ServingLimits(max_body_bytes=64 << 10, max_batch_size=8, max_json_depth=8,
@@ -30,12 +28,8 @@ SIGNATURES = ["", "serving_default", "act_k1", "act_k4_seeded", "act_k4_best_of_
 
 
 @pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("properties")
-    shutil.copytree(export_dir, base / "1")
-    with ModelServer(MODEL, str(base), port=0, rest_api_port=0, host="127.0.0.1",
-                     file_system_poll_wait_seconds=-1, limits=LIMITS) as running:
-        yield running
+def server(serve_export):
+    return serve_export(limits=LIMITS)
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,8 @@ MAX_BATCH = 16
 
 
 @pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("served")
-    shutil.copytree(export_dir, base / "1")
-    with ModelServer(MODEL, str(base), port=0, rest_api_port=0, host="127.0.0.1",
-                     file_system_poll_wait_seconds=-1, max_batch_size=MAX_BATCH) as running:
-        yield running
+def server(serve_export):
+    return serve_export(max_batch_size=MAX_BATCH)
 
 
 @pytest.fixture(scope="module")
