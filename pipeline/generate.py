@@ -256,7 +256,7 @@ def main(argv=None) -> None:
             val_episodes=args.val_episodes, episode_length=args.episode_length, pipeline_args=pipeline_args,
             data_format=args.data_format, overwrite=args.overwrite, progress=not args.no_progress)
     except DataError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"generate.py: {error}")
     print(f"wrote {train_path} and {val_path} in {time.monotonic() - started:.1f} s")
 
 

@@ -207,5 +207,5 @@ def test_cli_reports_counts_and_errors(cube_npz_dir, tmp_path, capsys):
     preprocess_module.main([f"--input=ogbench:{cube_npz_dir / f'{NAME}.npz'}", f"--output={tmp_path / 'out'}",
                             "--num_shards=1"])
     assert "{'train': 300, 'val': 100} transitions" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="error: .*file not found"):
+    with pytest.raises(SystemExit, match="preprocess.py: .*file not found"):
         preprocess_module.main([f"--input=ogbench:{tmp_path}/x/{NAME}.npz", f"--output={tmp_path / 'out2'}"])
