@@ -171,7 +171,9 @@ def transitions(dataset_id: str, path: str, kind: str | None, targets: dict, sta
     for episode in read_episodes(dataset, dataset_id, range(start, stop)):
         observations = np.asarray(episode.observations)
         actions = np.asarray(episode.actions)
-        steps = len(actions) if actions.ndim else 0
+        lengths = [np.shape(values)[0] if np.ndim(values) else 0 for values in
+                   (actions, episode.rewards, episode.terminations, episode.truncations)]
+        steps = int(np.median(lengths + [len(observations) - 1]))  # so the one odd field is the one named
         for field, values, rows, width in [
                 ("observations", observations, steps + 1, obs_dim), ("actions", actions, steps, action_dim),
                 ("rewards", episode.rewards, steps, None), ("terminations", episode.terminations, steps, None),
