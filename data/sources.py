@@ -204,7 +204,9 @@ def open_source(spec: str, env: str | None = None) -> Source:
     source = opener(rest, env)
     for split, count in source.transitions_hint.items():
         if not count:  # every shard would be empty: no dataset to train or validate on
-            raise DataError(f"{source.spec}: the {split} split ({source.inputs[split]}) holds no transitions "
+            named = source.inputs[split]
+            named = ", ".join(named) if isinstance(named, (list, tuple)) else named
+            raise DataError(f"{source.spec}: the {split} split ({named}) holds no transitions "
                             f"(every episode ends after its first step); record longer episodes.")
     return source
 
