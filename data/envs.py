@@ -40,6 +40,11 @@ class EnvFamily:
     q_agg: str  # Aggregation over critic members: 'mean' or 'min'.
     episode_length: int  # Evaluation episode length (OGBench's max_episode_steps).
     default_task: int  # The task OGBench's default single-task env uses (reward_task_id 0).
+    # What the family's environment records (tests/data/test_data_envs.py checks them against the envs):
+    # a dataset of another shape comes from another env and would get meaningless task rewards.
+    obs_dim: int  # observation vector size.
+    action_dim: int  # action vector size.
+    qpos_dim: int  # MuJoCo qpos width, the state the task rewards are read from.
 
     @property
     def dataset_name(self) -> str:
@@ -68,21 +73,29 @@ FAMILIES = {
     family.name: family
     for family in [
         EnvFamily("cube-single-play", "cube-single", "cube", p_stack_range=(0.0, 0.0),
-                  q_loss_coef=10.0, discount=0.99, q_agg="mean", episode_length=200, default_task=2),
+                  q_loss_coef=10.0, discount=0.99, q_agg="mean", episode_length=200, default_task=2,
+                  obs_dim=28, action_dim=5, qpos_dim=21),
         EnvFamily("cube-double-play", "cube-double", "cube", p_stack_range=(0.0, 0.25),
-                  q_loss_coef=50.0, discount=0.99, q_agg="mean", episode_length=500, default_task=2),
+                  q_loss_coef=50.0, discount=0.99, q_agg="mean", episode_length=500, default_task=2,
+                  obs_dim=37, action_dim=5, qpos_dim=28),
         EnvFamily("scene-play", "scene", "scene",
-                  q_loss_coef=100.0, discount=0.99, q_agg="mean", episode_length=750, default_task=2),
+                  q_loss_coef=100.0, discount=0.99, q_agg="mean", episode_length=750, default_task=2,
+                  obs_dim=40, action_dim=5, qpos_dim=25),
         EnvFamily("antmaze-large-navigate", "antmaze-large", "maze",
-                  q_loss_coef=500.0, discount=0.99, q_agg="min", episode_length=1000, default_task=1),
+                  q_loss_coef=500.0, discount=0.99, q_agg="min", episode_length=1000, default_task=1,
+                  obs_dim=29, action_dim=8, qpos_dim=15),
         EnvFamily("antmaze-giant-navigate", "antmaze-giant", "maze",
-                  q_loss_coef=500.0, discount=0.995, q_agg="min", episode_length=1000, default_task=1),
+                  q_loss_coef=500.0, discount=0.995, q_agg="min", episode_length=1000, default_task=1,
+                  obs_dim=29, action_dim=8, qpos_dim=15),
         EnvFamily("humanoidmaze-medium-navigate", "humanoidmaze-medium", "maze",
-                  q_loss_coef=100.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1),
+                  q_loss_coef=100.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1,
+                  obs_dim=69, action_dim=21, qpos_dim=28),
         EnvFamily("humanoidmaze-large-navigate", "humanoidmaze-large", "maze",
-                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1),
+                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=2000, default_task=1,
+                  obs_dim=69, action_dim=21, qpos_dim=28),
         EnvFamily("antsoccer-arena-navigate", "antsoccer-arena", "soccer",
-                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=1000, default_task=4),
+                  q_loss_coef=500.0, discount=0.995, q_agg="mean", episode_length=1000, default_task=4,
+                  obs_dim=42, action_dim=8, qpos_dim=22),
     ]
 }
 
@@ -117,6 +130,19 @@ def family_from_dataset_file(path: str) -> EnvFamily:
             f"dataset name such as 'cube-single-play-v0.npz'); name the file that way or pass "
             f"--env (one of {', '.join(sorted(FAMILIES))})."
         ) from None
+
+
+def check_data_fits(family: EnvFamily, where: str, obs_dim: int, action_dim: int, qpos_dim: int | None) -> None:
+    """DataError naming `where`, the field, the found and the expected size unless a dataset's
+    observation, action and qpos widths are those of `family`'s environment."""
+    for field, found, expected in (("observations", obs_dim, family.obs_dim),
+                                   ("actions", action_dim, family.action_dim),
+                                   ("qpos", qpos_dim, family.qpos_dim)):
+        if found is not None and int(found) != expected:
+            raise DataError(
+                f"{where}: field {field!r} has width {found}, but env {family.name} records {expected}; "
+                f"the data comes from another env: pass the --env it was recorded in (or drop --env)."
+            )
 
 
 def check_task(family: EnvFamily, task) -> int:

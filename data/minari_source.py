@@ -113,39 +113,72 @@ def describe(dataset_id: str) -> dict:
     episodes = int(dataset.total_episodes)
     if episodes == 0:
         raise DataError(f"minari:{dataset_id}: the dataset has no episodes.")
-    first = next(iter(dataset.iterate_episodes(episode_indices=[0])))
+    (first,) = read_episodes(dataset, dataset_id, [0])
     infos = first.infos or {}
+    qpos_dim = None
+    if "qpos" in infos:
+        qpos = np.asarray(infos["qpos"])
+        ogbench_source.check_numeric(f"minari:{dataset_id} episode {first.id}", "infos/qpos", qpos.dtype)
+        qpos_dim = int(qpos.shape[1]) if qpos.ndim == 2 else None
+        if qpos_dim is None:
+            raise DataError(f"minari:{dataset_id} episode {first.id}: field 'infos/qpos' has shape "
+                            f"{qpos.shape}, expected [steps + 1, nq]; the dataset is inconsistent: recreate it.")
     return {
         "obs_dim": int(dataset.observation_space.shape[0]),
         "action_dim": int(dataset.action_space.shape[0]),
         "episodes": episodes,
         "steps": int(dataset.total_steps),
         "has_qpos": "qpos" in infos,
+        "qpos_dim": qpos_dim,
         "path": data_path(dataset_id),
     }
 
 
-def transitions(dataset_id: str, path: str, kind: str | None, targets: dict, start: int, stop: int):
+def read_episodes(dataset, dataset_id: str, indices: list) -> list:
+    """The episodes at `indices`; DataError if the data file lacks a field or cannot be read."""
+    try:
+        return list(dataset.iterate_episodes(episode_indices=list(indices)))
+    except Exception as error:  # h5py raises KeyError, OSError, ValueError, ... for a broken file
+        detail = " ".join(str(error).split())
+        raise DataError(
+            f"minari:{dataset_id}: cannot read episodes {indices[0]}..{indices[-1]} ({type(error).__name__}: "
+            f"{detail}); the dataset is incomplete or corrupt: recreate it."
+        ) from None
+
+
+def _check_episode_field(where: str, field: str, values: np.ndarray, rows: int, width: int | None) -> None:
+    """DataError unless values are real numbers of shape [rows] (width None) or [rows, width]."""
+    ogbench_source.check_numeric(where, field, values.dtype)
+    expected = (rows,) if width is None else (rows, width)
+    if values.shape != expected:
+        raise DataError(
+            f"{where}: field {field!r} has shape {list(values.shape)}, expected {list(expected)} for "
+            f"{expected[0] - (field == 'observations')} steps; the dataset is inconsistent: recreate it."
+        )
+
+
+def transitions(dataset_id: str, path: str, kind: str | None, targets: dict, start: int, stop: int,
+                qpos_dim: int | None = None):
     """Transitions of episodes [start, stop) as (columns, episodes); see the module docstring.
 
-    `targets` maps task reward keys to goals (data.envs.task_targets), used with qpos when
-    `kind` is set; 'default' always comes from the stored rewards.
+    `targets` maps task reward keys to goals (data.envs.task_targets), used with qpos (of width
+    `qpos_dim`, the env family's) when `kind` is set; 'default' always comes from the stored rewards.
     """
     dataset = open_dataset(dataset_id, path)
     where = f"minari:{dataset_id}"
+    obs_dim, action_dim = int(dataset.observation_space.shape[0]), int(dataset.action_space.shape[0])
     parts = []
-    for episode in dataset.iterate_episodes(episode_indices=list(range(start, stop))):
+    for episode in read_episodes(dataset, dataset_id, range(start, stop)):
         observations = np.asarray(episode.observations)
         actions = np.asarray(episode.actions)
-        steps = len(actions)
-        for field, values, rows in [("observations", observations, steps + 1), ("actions", actions, steps),
-                                    ("rewards", episode.rewards, steps), ("terminations", episode.terminations, steps),
-                                    ("truncations", episode.truncations, steps)]:
-            if len(values) != rows:
-                raise DataError(
-                    f"{where}: episode {episode.id} field {field!r} has {len(values)} rows, expected "
-                    f"{rows} for {steps} steps; the dataset is inconsistent: recreate it."
-                )
+        lengths = [np.shape(values)[0] if np.ndim(values) else 0 for values in
+                   (actions, episode.rewards, episode.terminations, episode.truncations)]
+        steps = int(np.median(lengths + [len(observations) - 1]))  # so the one odd field is the one named
+        for field, values, rows, width in [
+                ("observations", observations, steps + 1, obs_dim), ("actions", actions, steps, action_dim),
+                ("rewards", episode.rewards, steps, None), ("terminations", episode.terminations, steps, None),
+                ("truncations", episode.truncations, steps, None)]:
+            _check_episode_field(f"{where} episode {episode.id}", field, np.asarray(values), rows, width)
         episode_where = f"{where} episode {episode.id}"
         ogbench_source.check_finite(episode_where, "observations", observations, 0)
         ogbench_source.check_finite(episode_where, "actions", actions, 0)
@@ -153,7 +186,7 @@ def transitions(dataset_id: str, path: str, kind: str | None, targets: dict, sta
         ogbench_source.check_actions(episode_where, actions, 0)
         terminations = np.asarray(episode.terminations, bool)
         ends = terminations | np.asarray(episode.truncations, bool)
-        ends[-1] = True
+        ends[-1:] = True  # a zero-step episode has no transition to end
         columns = {
             schema.OBSERVATIONS: observations[:-1],
             schema.ACTIONS: np.clip(actions, -schema.ACTION_CLIP, schema.ACTION_CLIP),
@@ -166,7 +199,9 @@ def transitions(dataset_id: str, path: str, kind: str | None, targets: dict, sta
             infos = episode.infos or {}
             if "qpos" not in infos:
                 raise DataError(f"{episode_where}: missing field infos['qpos'] needed for task rewards.")
-            qpos = np.asarray(infos["qpos"])[:steps]
+            qpos = np.asarray(infos["qpos"])
+            _check_episode_field(episode_where, "infos/qpos", qpos[:steps], steps, qpos_dim)
+            qpos = qpos[:steps]
             ogbench_source.check_finite(episode_where, "infos/qpos", qpos, 0)
             buttons = np.asarray(infos["button_states"])[:steps] if kind == "scene" else None
             for key, task_targets in targets.items():

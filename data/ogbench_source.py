@@ -24,6 +24,9 @@ from data.errors import DataError
 
 REQUIRED_KEYS = ("observations", "actions", "terminals")
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries carry a timestamp; fix it for identical bytes
+# numpy dtype kinds a float32 feature can be made from: bool, signed, unsigned, float. Complex
+# values would lose their imaginary part; text, bytes, objects and records are not numbers.
+NUMERIC_KINDS = "biuf"
 
 
 def val_path_for(train_path: str) -> str:
@@ -80,16 +83,28 @@ def array_headers(path: str) -> dict:
         ) from None
 
 
+def check_numeric(where: str, field: str, dtype) -> None:
+    """DataError unless `dtype` holds real numbers (see NUMERIC_KINDS)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None:
+        raise DataError(
+            f"{where}: field {field!r} has dtype {dtype}, expected real numbers "
+            f"(bool, int or float); the data is not in this format: regenerate or convert it."
+        )
+
+
 def check_layout(path: str, headers: dict, needed_keys) -> dict:
-    """Checks keys, ranks and lengths; returns {rows, obs_dim, action_dim}. DataError if bad."""
+    """Checks keys, dtypes, ranks and lengths; returns {rows, obs_dim, action_dim, qpos_dim}.
+    DataError if bad."""
     for key in needed_keys:
         if key not in headers:
             raise DataError(
                 f"{path}: missing field {key!r} (found {sorted(headers)}); OGBench single-task "
                 f"data needs {list(needed_keys)}: regenerate the file with pipeline/generate.py."
             )
-    expected_rank = {"observations": 2, "actions": 2, "terminals": 1, "qpos": 2, "qvel": 2}
+    expected_rank = {"observations": 2, "actions": 2, "terminals": 1, "qpos": 2, "qvel": 2, "button_states": 2}
     for key in needed_keys:
+        check_numeric(path, key, headers[key][1])  # from the header: np.load never unpickles anything
         shape = headers[key][0]
         if key in expected_rank and len(shape) != expected_rank[key]:
             raise DataError(
@@ -107,7 +122,8 @@ def check_layout(path: str, headers: dict, needed_keys) -> dict:
     if rows < 2:
         raise DataError(f"{path}: field 'observations' has {rows} rows; a dataset needs at least one transition.")
     return {"rows": int(rows), "obs_dim": int(headers["observations"][0][1]),
-            "action_dim": int(headers["actions"][0][1])}
+            "action_dim": int(headers["actions"][0][1]),
+            "qpos_dim": int(headers["qpos"][0][1]) if "qpos" in headers and len(headers["qpos"][0]) == 2 else None}
 
 
 @functools.lru_cache(maxsize=4)

@@ -48,8 +48,9 @@ class Source:
             from data import tf_agents_source  # imports TensorFlow: only for this kind
 
             return tf_agents_source.transitions(self.inputs[split][start:stop])
+        qpos_dim = envs.resolve_env(self.env).qpos_dim if self.env else None
         return minari_source.transitions(self.inputs[split], self.data_paths[split], self.reward_kind,
-                                         self.targets, start, stop)
+                                         self.targets, start, stop, qpos_dim)
 
     def files(self) -> list:
         """Every input file, for checksums."""
@@ -67,6 +68,15 @@ class Source:
                 for parent, _, names in os.walk(root):
                     found.extend(os.path.join(parent, name) for name in names)
         return sorted(found)
+
+    def input_roots(self) -> list:
+        """The input files (ogbench, tf_agents) or dataset directories (minari) an output must
+        neither replace nor lie inside."""
+        if self.kind == "minari":
+            return [os.path.dirname(path) for path in self.data_paths.values()]
+        if self.kind == "ogbench":
+            return list(self.inputs.values())
+        return [path for paths in self.inputs.values() for path in paths]
 
     def feature_shapes(self) -> dict:
         return schema.feature_shapes(self.obs_dim, self.action_dim, self.reward_keys)
@@ -96,10 +106,17 @@ def _open_ogbench(path: str, env: str | None) -> Source:
                 f"{layout['action_dim']}; both splits must come from the same env."
             )
         layout = layout or split_layout
+        envs.check_data_fits(family, split_path, split_layout["obs_dim"], split_layout["action_dim"],
+                             split_layout["qpos_dim"])
         terminals = ogbench_source.load_arrays(split_path, ["terminals"])["terminals"]
         ogbench_source.check_terminals(split_path, terminals)
         sizes[split] = split_layout["rows"]
         transitions[split] = int(len(terminals) - np.count_nonzero(terminals))
+        if not transitions[split]:
+            raise DataError(
+                f"{split_path}: field 'terminals' is 1 on all {len(terminals)} rows: every episode is a "
+                f"single row, so the {split} split holds no transitions; regenerate it with longer episodes."
+            )
     return Source(
         spec=f"ogbench:{path}", kind="ogbench", env=family.name, env_id=family.dataset_name,
         reward_kind=family.kind, obs_dim=layout["obs_dim"], action_dim=layout["action_dim"],
@@ -133,6 +150,10 @@ def _open_minari(dataset_id: str, env: str | None) -> Source:
             family = envs.resolve_env(minari_source.dataset_name(dataset_id))
         except DataError:
             family = None
+    if family:
+        for split, info in splits.items():
+            envs.check_data_fits(family, f"minari:{inputs[split]}", info["obs_dim"], info["action_dim"],
+                                 info["qpos_dim"])
     targets = _task_targets(family) if family else {}
     return Source(
         spec=f"minari:{dataset_id}", kind="minari", env=family.name if family else None, env_id=dataset_id,
@@ -180,7 +201,14 @@ def open_source(spec: str, env: str | None = None) -> Source:
             f"trajectory files)."
         )
     opener = {"ogbench": _open_ogbench, "minari": _open_minari, "tf_agents": _open_tf_agents}[kind]
-    return opener(rest, env)
+    source = opener(rest, env)
+    for split, count in source.transitions_hint.items():
+        if not count:  # every shard would be empty: no dataset to train or validate on
+            named = source.inputs[split]
+            named = ", ".join(named) if isinstance(named, (list, tuple)) else named
+            raise DataError(f"{source.spec}: the {split} split ({named}) holds no transitions "
+                            f"(every episode ends after its first step); record longer episodes.")
+    return source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +234,9 @@ def plan_shards(source: Source, num_shards: int | None = None) -> list:
         num_shards = math.ceil(train_transitions / ROWS_PER_SHARD)
     if int(num_shards) < 1:
         raise DataError(f"--num_shards={num_shards}: use a positive number of shards.")
+    if int(num_shards) > train_transitions:  # some shards would hold nothing
+        raise DataError(f"--num_shards={num_shards}: more shards than the {train_transitions} training "
+                        f"transitions of {source.spec}; use at most {train_transitions}.")
     tasks = []
     for split, size in source.sizes.items():
         share = source.transitions_hint[split] / train_transitions

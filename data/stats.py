@@ -5,6 +5,7 @@ al.'s parallel variance formula, so the result does not depend on how rows were 
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class FeatureStats:
     def of(cls, values: np.ndarray) -> "FeatureStats":
         """Summary of values [N] or [N, dim] (N may be 0)."""
         values = np.asarray(values, np.float64)
-        values = values.reshape(len(values), -1)
+        values = values.reshape(len(values), math.prod(values.shape[1:]))  # -1 is ambiguous for 0 rows
         if len(values) == 0:
             dim = values.shape[1]
             return cls(0, np.zeros(dim), np.zeros(dim), np.full(dim, np.inf), np.full(dim, -np.inf))

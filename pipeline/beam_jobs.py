@@ -149,6 +149,12 @@ def raise_recorded_errors(out_dir: str) -> None:
         raise DataError(messages[0])
 
 
+def output_error(path: str, error: OSError) -> DataError:
+    """The one-line DataError for an output location the job cannot write."""
+    return DataError(f"{path}: cannot write the output there ({error.strerror or error}"
+                     f"{': ' + str(error.filename) if error.filename else ''}); choose a writable --output.")
+
+
 class StagedDirectory:
     """A directory that appears at `final` only when complete.
 
@@ -172,13 +178,19 @@ class StagedDirectory:
             return
         self._check_replaceable(os.path.abspath(self.final))
         parent, name = os.path.split(os.path.abspath(self.final))
-        os.makedirs(parent, exist_ok=True)
         self.path = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            os.makedirs(self.path)
+        except OSError as error:
+            raise output_error(self.final, error) from None
 
     def _check_replaceable(self, final: str) -> None:
-        if not os.path.exists(final) or (os.path.isdir(final) and not os.listdir(final)):
-            return
+        try:
+            if not os.path.exists(final) or (os.path.isdir(final) and not os.listdir(final)):
+                return
+        except OSError as error:
+            raise output_error(final, error) from None
         if os.path.isdir(final) and os.path.exists(os.path.join(final, self._marker)):
             if self.overwrite:
                 return
@@ -192,13 +204,16 @@ class StagedDirectory:
             return
         final = os.path.abspath(self.final)
         self._check_replaceable(final)  # again: something may have appeared while the job ran
-        if os.path.exists(final):
-            trash = f"{self.path}.old"
-            os.rename(final, trash)
-            os.rename(self.path, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(self.path, final)
+        try:
+            if os.path.exists(final):
+                trash = f"{self.path}.old"
+                os.rename(final, trash)
+                os.rename(self.path, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(self.path, final)
+        except OSError as error:
+            raise output_error(self.final, error) from None
 
     def discard(self) -> None:
         if not self.remote:
@@ -263,11 +278,19 @@ class WriteShardFn(beam.DoFn):
     def process(self, task):
         step = self.ROWS_PER_CHUNK if self._source.kind == "ogbench" else self.EPISODES_PER_CHUNK
         summary, count, episodes, written = {}, 0, 0, 0
-        with create(join(self._out_dir, task.file_name)) as handle:
+        path = join(self._out_dir, task.file_name)
+        try:
+            handle = create(path)
+        except OSError as error:  # a full disk or a vanished output directory: no use retrying
+            raise output_error(path, error) from None
+        with handle:
             for start in range(task.start, task.stop, step):
                 columns, chunk_episodes = self._source.read(task.split, start, min(start + step, task.stop))
                 blob = self._encoder.encode_and_frame(columns)
-                handle.write(blob)
+                try:
+                    handle.write(blob)
+                except OSError as error:
+                    raise output_error(path, error) from None
                 written += len(blob)
                 count += len(columns[next(iter(columns))])
                 episodes += chunk_episodes

@@ -33,6 +33,8 @@ from pipeline import beam_jobs
 DEFAULT_EPISODES = 1000
 DEFAULT_EPISODE_LENGTH = 1001
 MINARI_NAMESPACE = "ogbench"
+# Each split is gathered in memory to write one file: 100x the paper's 1M rows (about 30 GB) at most.
+MAX_ROWS_PER_SPLIT = 100_000_000
 
 
 def default_val_episodes(episodes: int) -> int:
@@ -55,6 +57,10 @@ def _check_arguments(family, episodes, val_episodes, episode_length, data_format
                         f"validation episode.")
     if episode_length < 2:
         raise DataError(f"--episode_length={episode_length}: an episode needs at least 2 rows (one transition).")
+    for flag, count in (("--episodes", episodes), ("--val_episodes", val_episodes)):
+        if count * episode_length > MAX_ROWS_PER_SPLIT:
+            raise DataError(f"{flag}={count} --episode_length={episode_length}: {count * episode_length} rows, more "
+                            f"than the {MAX_ROWS_PER_SPLIT} one split may hold; generate fewer or shorter episodes.")
     if data_format not in ("npz", "minari"):
         raise DataError(f"--format={data_format}: use 'npz' (OGBench files) or 'minari'.")
 
@@ -196,8 +202,15 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
     for path in finals.values():
         if not overwrite and beam_jobs.FileSystems.exists(path):
             raise DataError(f"{path}: already exists; pass --overwrite to replace it or choose another --output.")
+        if data_format == "npz" and os.path.isdir(path):  # never replace a directory with a file
+            raise DataError(f"{path}: is a directory; choose another --output.")
     if not beam_jobs.is_remote(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".generate-probe-")
+            probe.close()  # fail now, not after the rollouts, if the files cannot be written here
+        except OSError as error:
+            raise beam_jobs.output_error(output_dir, error) from None
 
     work_dir = beam_jobs.join(output_dir, f".generate-tmp-{uuid.uuid4().hex[:8]}")
     episodes_dir = beam_jobs.join(work_dir, beam_jobs.EPISODES_DIR)
@@ -228,6 +241,8 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
             else:
                 _write_minari(family, ids[split], split_episodes, output_dir, env_spec)
             del split_episodes
+    except OSError as error:  # the output went away or filled up while the job ran
+        raise beam_jobs.output_error(output_dir, error) from None
     finally:
         if beam_jobs.is_remote(work_dir):
             beam_jobs.FileSystems.delete([work_dir])
@@ -256,7 +271,7 @@ def main(argv=None) -> None:
             val_episodes=args.val_episodes, episode_length=args.episode_length, pipeline_args=pipeline_args,
             data_format=args.data_format, overwrite=args.overwrite, progress=not args.no_progress)
     except DataError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"generate.py: {error}")
     print(f"wrote {train_path} and {val_path} in {time.monotonic() - started:.1f} s")
 
 

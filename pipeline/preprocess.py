@@ -15,6 +15,7 @@ written last.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -93,10 +94,27 @@ def preprocess(source: str, output_dir: str, num_shards: int | None = None, pipe
     """
     checked = sources.open_source(source, env)
     tasks = sources.plan_shards(checked, num_shards)
+    check_output_apart(checked, output_dir)
     try:
         return _write_dataset(checked, tasks, output_dir, pipeline_args, overwrite)
     finally:
         sources.release_caches()  # the in-process runner read whole files into this process
+
+
+def check_output_apart(source: sources.Source, output_dir: str) -> None:
+    """DataError if `output_dir` is an input or holds one, or lies inside an input: replacing the
+    output (--overwrite, or a rerun) would delete the input, and an output inside a Minari dataset
+    becomes part of it."""
+    if beam_jobs.is_remote(output_dir):
+        return
+    output = os.path.realpath(output_dir)
+    for root in source.input_roots():
+        if beam_jobs.is_remote(root):
+            continue
+        root = os.path.realpath(root)
+        if output == root or os.path.commonpath([output, root]) in (output, root):
+            raise DataError(f"--output={output_dir}: overlaps the input {root}; write the dataset to a "
+                            f"directory outside the input.")
 
 
 def _write_dataset(checked: sources.Source, tasks: list, output_dir: str, pipeline_args, overwrite: bool) -> dict:
@@ -134,7 +152,7 @@ def main(argv=None) -> None:
         metadata = preprocess(args.input, args.output, num_shards=args.num_shards, pipeline_args=pipeline_args,
                               env=args.env, overwrite=args.overwrite)
     except DataError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"preprocess.py: {error}")
     seconds = time.monotonic() - started
     total = sum(metadata["counts"].values())
     print(f"wrote {args.output}: {metadata['counts']} transitions, reward keys {metadata['reward_keys']}, "

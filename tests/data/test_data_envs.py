@@ -83,3 +83,29 @@ def test_episode_lengths_and_default_tasks_match_ogbench():
             assert envs.check_task(family, family.default_task) == family.default_task
         finally:
             env.close()
+
+
+@pytest.mark.parametrize("name", sorted(envs.FAMILIES))
+def test_family_sizes_are_those_of_the_real_environment(name):
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments)
+
+    family = envs.FAMILIES[name]
+    env = gymnasium.make(family.singletask_env_id(1))
+    try:
+        unwrapped = env.unwrapped
+        qpos = unwrapped._data.qpos if hasattr(unwrapped, "_data") else unwrapped.data.qpos
+        assert (family.obs_dim, family.action_dim, family.qpos_dim) == (
+            env.observation_space.shape[0], env.action_space.shape[0], qpos.shape[0])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("field, sizes", [
+    ("observations", (29, 5, 21)), ("actions", (28, 4, 21)), ("qpos", (28, 5, 22))])
+def test_data_of_other_sizes_does_not_fit(field, sizes):
+    family = envs.resolve_env("cube-single")
+    envs.check_data_fits(family, "d.npz", 28, 5, 21)
+    envs.check_data_fits(family, "d.npz", 28, 5, None)  # no qpos recorded: nothing to compare
+    with pytest.raises(DataError, match=rf"d.npz: field '{field}' has width \d+, but env cube-single-play records"):
+        envs.check_data_fits(family, "d.npz", *sizes)

@@ -1,13 +1,17 @@
 """Minari datasets: converted transition by transition, and generate --format=minari round trips."""
 
+import dataclasses
+import os
+
 import gymnasium
 import minari
 import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-from data import reader
+from data import minari_source, reader
 from data.errors import DataError
+from pipeline import preprocess as preprocess_module
 from pipeline.generate import generate_play_data
 from pipeline.preprocess import preprocess
 
@@ -110,3 +114,51 @@ def test_generated_minari_play_data_converts_like_the_npz_files(minari_root, cub
         from_npz = reader.read_split(cube_tfrecord_dir, split)
         for key, expected in from_npz.items():
             np.testing.assert_array_equal(from_minari[key], expected, err_msg=f"{split} {key}")
+
+
+def _replace_field(dataset_id, field, change):
+    """Rewrites one field of episode 0 in a dataset's HDF5 file (None deletes it)."""
+    import h5py
+    with h5py.File(minari_source.data_path(dataset_id) + "/main_data.hdf5", "a") as data:
+        episode = data["episode_0"]
+        value = episode[field][()]
+        del episode[field]
+        if change is not None:
+            episode[field] = change(value)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("field", ["observations", "actions", "rewards", "terminations", "truncations"])
+@pytest.mark.parametrize("change, fragment", [
+    (lambda v: v.astype("S8"), "has dtype |S8, expected real numbers"),
+    (lambda v: v.astype(np.complex64), "has dtype complex64, expected real numbers"),
+    (lambda v: v[..., None], "has shape"),
+    (lambda v: v[:1], "has shape"),
+    (None, "doesn't exist"),
+])
+def test_odd_minari_fields_fail_in_one_line(minari_root, tmp_path, field, change, fragment):
+    _create("test/odd-v0", _episodes(np.random.default_rng(3), [4, 5]))
+    _replace_field("test/odd-v0", field, change)
+    with pytest.raises(SystemExit) as caught:
+        preprocess_module.main(["--input=minari:test/odd-v0", f"--output={tmp_path / 'out'}"])
+    message = str(caught.value.code)
+    assert message.startswith("preprocess.py: minari:test/odd-v0") and "\n" not in message, message
+    assert f"'{field}'" in message and fragment in message, message
+    assert not [name for name in os.listdir(tmp_path) if "out" in name]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_truncated_minari_file_and_env_of_another_size_fail_in_one_line(minari_root, tmp_path):
+    _create("test/cut-v0", _episodes(np.random.default_rng(4), [3]))
+    data_file = minari_source.data_path("test/cut-v0") + "/main_data.hdf5"
+    content = open(data_file, "rb").read()
+    open(data_file, "wb").write(content[: len(content) // 2])
+    with pytest.raises(DataError, match=r"minari:test/cut-v0: cannot read episodes 0\.\.0 \(OSError: .*truncated"):
+        preprocess("minari:test/cut-v0", str(tmp_path / "out"))
+    episodes = _episodes(np.random.default_rng(5), [3])
+    episodes[0] = dataclasses.replace(episodes[0], infos={"qpos": np.zeros((4, 21), np.float32)})
+    _create("test/small-v0", episodes)
+    with pytest.raises(DataError, match=r"minari:test/small-v0: field 'observations' has width 3, but env "
+                                        r"cube-single-play records 28"):
+        preprocess("minari:test/small-v0", str(tmp_path / "out"), env="cube-single")
+    assert not (tmp_path / "out").exists()

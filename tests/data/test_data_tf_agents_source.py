@@ -31,3 +31,15 @@ def test_validation_file_names():
     assert tf_agents_source.validation_path_for("d/traj.tfrecord") == "d/traj-val.tfrecord"
     assert tf_agents_source.is_validation_file("d/traj-val.tfrecord")
     assert not tf_agents_source.is_validation_file("d/traj.tfrecord")
+
+
+def test_files_without_spec_or_transitions_are_refused_in_one_line(tmp_path, monkeypatch):
+    lonely = tmp_path / "lonely.tfrecord"
+    lonely.write_bytes(b"")
+    with pytest.raises(DataError, match=r"lonely.tfrecord.spec: spec file not found"):
+        sources.open_source(f"tf_agents:{lonely}")
+    # Files whose every record is an episode boundary: nothing to convert, so no empty shards either.
+    monkeypatch.setattr(tf_agents_source, "describe", lambda pattern: {
+        "inputs": {"train": (pattern,)}, "obs_dim": 3, "action_dim": 2, "transitions": {"train": 0}})
+    with pytest.raises(DataError, match=r"lonely.tfrecord: the train split \(\S*lonely.tfrecord\) holds no transitions"):
+        sources.open_source(f"tf_agents:{lonely}")

@@ -90,3 +90,29 @@ def test_a_failed_job_leaves_no_files(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         generate_play_data(episodes=2, val_episodes=1, episode_length=20, output_dir=str(tmp_path), progress=False)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--episodes=10000000000", "--episode_length=3"], "--episodes=10000000000 --episode_length=3: 30000000000 rows"),
+    (["--episodes=1", "--val_episodes=1", "--episode_length=100000000000"], "--episodes=1 --episode_length=1000"),
+    (["--episodes=1", "--val_episodes=200000000", "--episode_length=3"], "--val_episodes=200000000"),
+    (["--episodes=0"], "--episodes=0 --val_episodes=1: need >= 1"),
+    (["--episode_length=1"], "--episode_length=1: an episode needs at least 2 rows"),
+])
+def test_sizes_out_of_range_fail_in_one_line_before_any_work(tmp_path, argv, fragment):
+    with pytest.raises(SystemExit) as caught:
+        generate.main([*argv, f"--output={tmp_path / 'out'}", "--no_progress"])
+    message = str(caught.value.code)
+    assert message.startswith("generate.py: ") and "\n" not in message and fragment in message, message
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("output, data_format", [("afile", "npz"), ("afile/sub", "npz"), ("afile", "minari")])
+def test_unwritable_outputs_fail_in_one_line(tmp_path, output, data_format):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as caught:
+        generate.main(["--episodes=1", "--val_episodes=1", "--episode_length=3", f"--format={data_format}",
+                              f"--output={tmp_path / output}", "--no_progress"])
+    message = str(caught.value.code)
+    assert message.startswith(f"generate.py: {tmp_path / output}: cannot write the output there"), message
+    assert os.listdir(tmp_path) == ["afile"]

@@ -207,5 +207,156 @@ def test_cli_reports_counts_and_errors(cube_npz_dir, tmp_path, capsys):
     preprocess_module.main([f"--input=ogbench:{cube_npz_dir / f'{NAME}.npz'}", f"--output={tmp_path / 'out'}",
                             "--num_shards=1"])
     assert "{'train': 300, 'val': 100} transitions" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="error: .*file not found"):
+    with pytest.raises(SystemExit, match="preprocess.py: .*file not found"):
         preprocess_module.main([f"--input=ogbench:{tmp_path}/x/{NAME}.npz", f"--output={tmp_path / 'out2'}"])
+
+
+# Hostile input, class by class: every case ends in one line naming file, field and value, and
+# leaves no output and no hidden scratch directory.
+
+def _tiny_cube_arrays(episodes=2, rows=4):
+    """cube-single-shaped rows (obs 28, actions 5, qpos 21): `episodes` episodes of `rows` rows."""
+    n = episodes * rows
+    terminals = np.zeros(n, bool)
+    terminals[rows - 1::rows] = True
+    rng = np.random.default_rng(0)
+    return {"observations": rng.normal(size=(n, 28)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, 5)).astype(np.float32), "terminals": terminals,
+            "qpos": rng.normal(size=(n, 21)).astype(np.float32), "qvel": np.zeros((n, 20), np.float32)}
+
+
+def _raw_npz(path, arrays):
+    """An .npz written with pickling allowed, as a hostile file may be."""
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
+    path.write_bytes(buffer.getvalue())
+
+
+def _hostile_pair(directory, train, val=None, name=NAME):
+    directory.mkdir(parents=True, exist_ok=True)
+    _raw_npz(directory / f"{name}.npz", train)
+    _raw_npz(directory / f"{name}-val.npz", _tiny_cube_arrays(1) if val is None else val)
+    return directory / f"{name}.npz"
+
+
+def _cli_fails(argv, *fragments):
+    """Runs preprocess.py's main; returns its one-line error after checking it names every fragment."""
+    with pytest.raises(SystemExit) as caught:
+        preprocess_module.main(argv)
+    message = str(caught.value.code)
+    assert message.startswith("preprocess.py: ") and "\n" not in message, message
+    for fragment in fragments:
+        assert str(fragment) in message, (fragment, message)
+    return message
+
+
+def _nothing_written(directory, *inputs):
+    assert sorted(os.listdir(directory)) == sorted(inputs), os.listdir(directory)
+
+
+def _with(arrays, key, value):
+    return {**arrays, key: value}
+
+
+NON_NUMERIC = {
+    "object": lambda v: v.astype(object), "str": lambda v: v.astype(str), "bytes": lambda v: v.astype("S8"),
+    "complex": lambda v: v.astype(np.complex64), "record": lambda v: np.zeros(len(v), [("a", "f4")]),
+}
+
+
+@pytest.mark.parametrize("field", ["observations", "actions", "terminals", "qpos"])
+@pytest.mark.parametrize("kind", sorted(NON_NUMERIC))
+def test_non_numeric_fields_are_refused_before_any_unpickling(tmp_path, field, kind):
+    arrays = _tiny_cube_arrays()
+    path = _hostile_pair(tmp_path / "in", _with(arrays, field, NON_NUMERIC[kind](arrays[field])))
+    dtype = np.load(path, allow_pickle=True)[field].dtype
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}"],
+               path, f"field '{field}' has dtype {dtype}", "expected real numbers")
+    _nothing_written(tmp_path, "in")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_splits_without_transitions_are_refused(tmp_path, split, rows):
+    # Every row its episode's last (rows=1), or a file of single-row episodes after one episode that ends it.
+    empty = _tiny_cube_arrays(episodes=3, rows=1)
+    good = _tiny_cube_arrays(episodes=2, rows=rows + 2)
+    path = _hostile_pair(tmp_path / "in", empty if split == "train" else good, good if split == "train" else empty)
+    bad_file = path if split == "train" else str(path).replace(".npz", "-val.npz")
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}"],
+               bad_file, "field 'terminals' is 1 on all 3 rows", f"the {split} split holds no transitions")
+    _nothing_written(tmp_path, "in")
+
+
+@pytest.mark.parametrize("num_shards, fragments", [
+    (0, ["--num_shards=0: use a positive number"]), (-4, ["--num_shards=-4: use a positive number"]),
+    (7, ["--num_shards=7: more shards than the 6 training transitions", "use at most 6"]),
+    (10**9, [f"--num_shards={10**9}: more shards than the 6 training transitions"]),
+])
+def test_shard_counts_beyond_the_transitions_are_refused(tmp_path, num_shards, fragments):
+    path = _hostile_pair(tmp_path / "in", _tiny_cube_arrays())
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}", f"--num_shards={num_shards}"], *fragments)
+    _nothing_written(tmp_path, "in")
+
+
+def test_as_many_shards_as_transitions_and_single_row_episodes_convert(tmp_path):
+    arrays = _tiny_cube_arrays()
+    arrays["terminals"][:2] = True  # two single-row episodes: shards whose rows hold no transition
+    path = _hostile_pair(tmp_path / "in", arrays)
+    metadata = preprocess(f"ogbench:{path}", str(tmp_path / "out"), num_shards=4)
+    assert metadata["counts"]["train"] == 4 and len(metadata["shards"]["train"]) == 4
+
+
+@pytest.mark.parametrize("output, extra, fragments", [
+    ("afile", [], ["afile: exists and is not an output of this job"]),
+    ("afile/sub", [], ["afile/sub: cannot write the output there", "choose a writable --output"]),
+    ("in", ["--overwrite"], ["--output=", "overlaps the input", f"in/{NAME}.npz"]),
+    (f"in/{NAME}.npz", ["--overwrite"], ["overlaps the input"]),
+    (".", ["--overwrite"], ["overlaps the input"]),
+])
+def test_unwritable_or_overlapping_outputs_are_refused_and_the_input_kept(tmp_path, output, extra, fragments):
+    path = _hostile_pair(tmp_path / "in", _tiny_cube_arrays())
+    (tmp_path / "in" / "metadata.json").write_text("{}")  # so the input folder even looks like an output
+    (tmp_path / "afile").write_text("x")
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / output}", *extra], *fragments)
+    _nothing_written(tmp_path, "in", "afile")
+    assert sorted(os.listdir(tmp_path / "in")) == sorted([f"{NAME}.npz", f"{NAME}-val.npz", "metadata.json"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_refused(tmp_path):
+    path = _hostile_pair(tmp_path / "in", _tiny_cube_arrays())
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    _cli_fails([f"--input=ogbench:{path}", f"--output={locked / 'out'}"], "locked/out: cannot write the output there")
+    assert os.listdir(locked) == []
+
+
+@pytest.mark.parametrize("env, field, found, expected", [
+    ("cube-double", "observations", 28, 37), ("antmaze-large", "observations", 28, 29),
+    ("humanoidmaze-medium", "observations", 28, 69), ("antsoccer", "observations", 28, 42),
+])
+def test_env_refuses_data_of_another_env(tmp_path, env, field, found, expected):
+    path = _hostile_pair(tmp_path / "in", _tiny_cube_arrays(), name="my-data")
+    family = envs.resolve_env(env)
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}", f"--env={env}"],
+               path, f"field '{field}' has width {found}", f"env {family.name} records {expected}")
+    _nothing_written(tmp_path, "in")
+
+
+@pytest.mark.parametrize("field, width, expected", [
+    ("observations", 27, 28), ("actions", 8, 5), ("qpos", 15, 21), ("qpos", 28, 21)])
+def test_the_family_named_by_the_file_refuses_other_sizes(tmp_path, field, width, expected):
+    arrays = _tiny_cube_arrays()
+    arrays[field] = np.zeros((len(arrays[field]), width), np.float32)
+    val = _tiny_cube_arrays(1)
+    val[field] = np.zeros((len(val[field]), width), np.float32)
+    path = _hostile_pair(tmp_path / "in", arrays, val)
+    _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}"],
+               path, f"field '{field}' has width {width}", f"env cube-single-play records {expected}")
+    _nothing_written(tmp_path, "in")
