@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -55,6 +56,37 @@ class EvalLog:
         ax.legend()
         fig.tight_layout()
         files.save_figure(fig, self.png_path, dpi=120)
+
+
+def drop_rows_after(csv_path, step: int) -> int:
+    """Rewrites `csv_path` (atomically) without its rows after gradient step `step` and without a
+    row a kill cut short; returns how many rows it dropped (0, and no rewrite, when none)."""
+    path = Path(csv_path)
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    lines = text.splitlines()
+    if not text.endswith("\n") and lines:
+        lines = lines[:-1]  # an append cut short: its last value may be cut too
+    rows = list(csv.DictReader(lines))
+    columns = next(csv.reader(lines[:1]), None)
+    if not columns:
+        return 0
+    kept = [r for r in rows if _whole(r) and int(float(r["step"])) <= step]
+    dropped = len(text.splitlines()) - 1 - len(kept)
+    if dropped:
+        files.write_csv(path, kept, columns)
+    return dropped
+
+
+def _whole(row: dict) -> bool:
+    """Every column there (no more, no fewer) and a numeric step."""
+    if None in row or None in row.values():
+        return False
+    try:
+        return math.isfinite(float(row.get("step", "")))
+    except ValueError:
+        return False
 
 
 def hparam_values(config) -> dict:
