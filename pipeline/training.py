@@ -204,6 +204,7 @@ def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs
     _remove_leftovers(workdir, log)
     if not found:
         # Killed before its first checkpoint: nothing was lost but those steps; config.json stays.
+        checkpoint_dir.joinpath(checkpoints.INDEX_FILE).unlink(missing_ok=True)  # it lists nothing there
         log(f"{workdir} has a config.json but no checkpoint yet: training from step 0.")
         return True
     try:
