@@ -89,6 +89,23 @@ def _whole(row: dict) -> bool:
         return False
 
 
+def mark_start(writer, step: int) -> None:
+    """Marks in TensorBoard that the run (re)starts after gradient step `step`: a SessionLog START
+    event at step + 1. TensorBoard takes a run's first START as its beginning and, on each later one,
+    drops the points at and after its step written before (tf.summary has no purge; TF1 supervisors
+    marked restarts this way), so a step a resumed run logs again is shown once."""
+    import time
+
+    import tensorflow as tf
+    from tensorflow.python.ops import summary_ops_v2  # import_event: the public writer has no raw-event call
+
+    event = tf.compat.v1.Event(wall_time=time.time(), step=step + 1,
+                               session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
+    with writer.as_default():
+        summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
+    writer.flush()
+
+
 def hparam_values(config) -> dict:
     """A RunConfig's fields as TensorBoard HParams values (tuples as JSON text)."""
     values = {}

@@ -12,8 +12,8 @@ A rerun over an existing run directory (its config.json) resumes from the newest
 restores, skipping (and moving to checkpoints/damaged/) newer ones that do not; it refuses to start
 when none restores, and never rewrites config.json. It deletes what a killed save left behind and
 the metrics.csv / eval.csv rows after the restored step, so every step is logged once.
-TensorBoard's readers drop the earlier points of a tag at and after a step written again (their
-out-of-order purge), so the resumed points replace the lost ones there too; tf.summary cannot purge.
+A resumed run marks its restart in TensorBoard (run_logs.mark_start), which then drops the points
+logged after the restored step by the killed run, so those steps are shown once there too.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def run_training(
         if dropped:  # logged after the restored checkpoint by a run that was killed: logged again below
             log(f"Dropped {dropped} rows after step {start_step} from {csv_path}.")
     writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    run_logs.mark_start(writer, start_step)
     if not resuming:
         run_logs.write_hparams(writer, config, trial_id=workdir.name)
 
