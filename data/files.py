@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,7 +27,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"  # see TEMPORARY_NAME
     # Created like open() creates files (mode 0o666 less the umask); mkstemp's 0o600 would leave
     # datasets and exports readable by their owner only.
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -36,6 +37,18 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+# The names atomic_path gives its temporaries; one left behind means a writer was killed mid-write.
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.\w+)?$")
+
+
+def leftover_temporaries(folder) -> list[Path]:
+    """The temporaries of atomic_path in `folder` (not its subfolders): writes cut short by a kill."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and TEMPORARY_NAME.match(p.name))
 
 
 def write_bytes(path, data: bytes) -> Path:

@@ -6,8 +6,10 @@ options (Euler steps, best-of-N, cap_step_level) are arguments of `SORLAgent.act
 """
 
 import dataclasses
+import math
+import numbers
 import typing
-from typing import Mapping, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,35 +62,130 @@ OLD_RUN_FIELDS = (
 RENAMED_FIELDS = {"inference_steps": "inference_euler_steps", "steps": "gradient_steps"}
 
 
-def _is_power_of_two(n: int) -> bool:
-    return n >= 1 and (n & (n - 1)) == 0
+# ---------------------------------------------------------------------------------- field checks
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config field may hold. `parse` returns the value as stored (ints of float fields
+    become floats, lists tuples), or None when `value` is not allowed; `allowed` says what is."""
+
+    allowed: str
+    parse: Callable[[object], object]
+
+
+def _as_int(value):
+    # bool is an int subclass, but `batch_size=True` is a mistake, not a 1.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _as_float(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def integer(low: int, high: Optional[int] = None) -> Rule:
+    """An int in [low, high] (no upper end when high is None); bools are refused."""
+    def parse(value):
+        n = _as_int(value)
+        return n if n is not None and n >= low and (high is None or n <= high) else None
+    return Rule(f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]", parse)
+
+
+def power_of_two(low: int = 1) -> Rule:
+    """An int 2**j >= low."""
+    def parse(value):
+        n = _as_int(value)
+        return n if n is not None and n >= low and n & (n - 1) == 0 else None
+    examples = ", ".join(str(low * 2 ** j) for j in range(3))
+    return Rule(f"a power of two >= {low} ({examples}, ...)", parse)
+
+
+def real(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Rule:
+    """A finite float in the interval [low, high] with either end open; NaN and inf are refused."""
+    def parse(value):
+        x = _as_float(value)
+        if x is None or not math.isfinite(x):
+            return None
+        above = x > low if low_open else x >= low
+        below = x < high if high_open else x <= high
+        return x if above and below else None
+    if high == math.inf:
+        return Rule(f"a finite number {'>' if low_open else '>='} {low:g}", parse)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(f"a number in {interval}", parse)
+
+
+def flag() -> Rule:
+    return Rule("true or false", lambda value: value if isinstance(value, bool) else None)
+
+
+def choice(*options: str) -> Rule:
+    return Rule(" or ".join(repr(o) for o in options), lambda value: value if value in options else None)
+
+
+def widths() -> Rule:
+    """One or more layer widths, as a tuple of ints >= 1."""
+    def parse(value):
+        if not isinstance(value, (tuple, list)) or not value:
+            return None
+        ints = [_as_int(v) for v in value]
+        return tuple(ints) if all(n is not None and n >= 1 for n in ints) else None
+    return Rule("one or more widths >= 1, e.g. (256, 256)", parse)
+
+
+def check_fields(cfg, rules: Mapping[str, Rule], extra: Sequence[str] = ()) -> None:
+    """Stores each field of frozen dataclass `cfg` in its parsed form; ValueError with one
+    "field=value must be <allowed>" per problem (plus `extra` problems) when any is not allowed."""
+    problems = []
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        try:
+            parsed = rule.parse(value)
+        except TypeError:  # e.g. an unhashable value offered to choice()
+            parsed = None
+        if parsed is None:
+            problems.append(f"{name}={value!r} must be {rule.allowed}")
+        else:
+            object.__setattr__(cfg, name, parsed)
+    problems += list(extra)
+    if problems:
+        raise ValueError(f"Invalid {type(cfg).__name__}: " + "; ".join(problems) + ".")
+
+
+MAX_SEED = 2**31 - 1  # seeds feed int64 stream keys (seed * NUM_STREAMS) and numpy/gymnasium seeds
+
+# Every AgentConfig field and what it may hold (a test checks that none is missing).
+AGENT_RULES = {
+    "actor_hidden_dims": widths(),
+    "critic_hidden_dims": widths(),
+    "actor_layer_norm": flag(),
+    "critic_layer_norm": flag(),
+    "num_critics": integer(1),
+    "actor_lr": real(0, low_open=True),
+    "critic_lr": real(0, low_open=True),
+    "adam_beta_1": real(0, 1),
+    "adam_beta_2": real(0, 1),
+    "grad_clip_norm": real(0),
+    "tau": real(0, 1, low_open=True, high_open=False),  # tau = 0 would never move the targets
+    "discount": real(0, 1),  # discount = 1 makes the Bellman target unbounded
+    "q_agg": choice("mean", "min"),
+    "q_loss_coef": real(0),
+    "fm_coef": real(0),
+    "sc_coef": real(0),
+    "m_disc": power_of_two(2),  # self-consistency needs two levels
+    "m_btt": power_of_two(1),
+    "t_eps": real(0, 1),
+    "inference_euler_steps": integer(1),
+    "batch_size": integer(1),
+    "seed": integer(0, MAX_SEED),
+}
 
 
 def _validate(cfg: AgentConfig) -> None:
     """Raises ValueError naming each field, its value and what it must be."""
-    problems = []
-    if cfg.q_agg not in ("mean", "min"):
-        problems.append(f"q_agg={cfg.q_agg!r} must be 'mean' or 'min'")
-    for name in ("m_disc", "m_btt"):
-        value = getattr(cfg, name)
-        if not _is_power_of_two(value):
-            problems.append(f"{name}={value} must be a power of two (1, 2, 4, 8, ...)")
-    if cfg.m_disc < 2:
-        problems.append(f"m_disc={cfg.m_disc} must be >= 2 (self-consistency needs two levels)")
-    if cfg.inference_euler_steps < 1:
-        problems.append(f"inference_euler_steps={cfg.inference_euler_steps} must be >= 1")
-    if cfg.num_critics < 1:
-        problems.append(f"num_critics={cfg.num_critics} must be >= 1")
-    if not 0.0 <= cfg.tau <= 1.0:
-        problems.append(f"tau={cfg.tau} must be in [0, 1]")
-    for name in ("actor_hidden_dims", "critic_hidden_dims"):
-        value = getattr(cfg, name)
-        if not value or any(width < 1 for width in value):
-            problems.append(f"{name}={value} must be one or more widths >= 1")
-    if cfg.batch_size < 1:
-        problems.append(f"batch_size={cfg.batch_size} must be >= 1")
-    if problems:
-        raise ValueError("Invalid AgentConfig: " + "; ".join(problems) + ".")
+    check_fields(cfg, AGENT_RULES)
 
 
 def field_types(cls) -> dict:

@@ -1,12 +1,15 @@
 """The Keras callbacks of the training loop, one per role, and the state they share.
 
-`run_training` passes them to `fit` in this order, so at every log boundary the run checks the
-losses are finite, then logs, then checkpoints (only finite weights are ever saved), then evaluates:
+`run_training` passes them to `fit` in this order, so after every step the run checks the losses
+are finite before anything is saved (only finite weights are ever saved), and at a log boundary it
+logs, then checkpoints, then evaluates:
 
     [state, NonFiniteGuard, MetricsLogger, ProgressReporter, PeriodicCheckpoint, PeriodicEvaluation]
 
-A log boundary is the end of one of fit's "epochs" (`schedule.log_every` gradient steps). A run
-stopped early (a signal, a non-finite loss) ends its epoch off the log grid: that step is still logged.
+A log boundary is the end of one of fit's "epochs" (every multiple of `schedule.log_every`, and
+`gradient_steps`). Checkpoints and evaluations happen at the exact multiples of their own periods,
+inside a window or at its end, so no period has to divide another. A run stopped early (a signal,
+a non-finite loss) ends its epoch off the log grid: that step is still logged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class TrainingState(keras.callbacks.Callback):
     @property
     def stopping(self) -> bool:
         return self.failure is not None or self.stop_signal is not None
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves `seconds` spent on something else (an evaluation) out of the window's steps/s."""
+        t0, s0 = self._window_start
+        self._window_start = (t0 + seconds, s0)
 
     def request_stop(self, signal_number: int) -> None:
         """Stop after the step in flight; safe to call from a signal handler."""
@@ -162,21 +170,46 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
     return manager.save(checkpoint_number=step)
 
 
-class PeriodicCheckpoint(keras.callbacks.Callback):
+class AtMultiples(keras.callbacks.Callback):
+    """Calls `act(step)` at every multiple of `every` gradient steps (0: never), never after a
+    non-finite loss: right after the step, or, when that step ends a log window, after the window's
+    metrics are logged (on_epoch_end), so a log boundary still logs before it saves or evaluates."""
+
+    def __init__(self, state: TrainingState, every: int):
+        super().__init__()
+        self.state = state
+        self.every = every
+        self._done_at = None  # the step last acted on: a stop inside a window ends the epoch there too
+
+    def act(self, step: int) -> None:
+        raise NotImplementedError
+
+    def _maybe_act(self) -> None:
+        step = self.state.step
+        if not self.state.failure and self.every > 0 and step % self.every == 0 and step != self._done_at:
+            self._done_at = step
+            self.act(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 != (self.params or {}).get("steps"):  # the window's last step waits for on_epoch_end
+            self._maybe_act()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._maybe_act()
+
+
+class PeriodicCheckpoint(AtMultiples):
     """A checkpoint every `every` gradient steps (0: none), never after a non-finite loss."""
 
     def __init__(self, state: TrainingState, manager: tf.train.CheckpointManager, every: int):
-        super().__init__()
-        self.state = state
+        super().__init__(state, every)
         self.manager = manager
-        self.every = every
 
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.state.failure and self.every > 0 and self.state.step % self.every == 0:
-            save_checkpoint(self.manager, self.state.step)
+    def act(self, step: int) -> None:
+        save_checkpoint(self.manager, step)
 
 
-class PeriodicEvaluation(keras.callbacks.Callback):
+class PeriodicEvaluation(AtMultiples):
     """Every `every` gradient steps (0: only when `evaluate` is called), each Euler-step budget k in
     `budgets` on `episodes` real-environment episodes: rows to `eval_log`, scalars to TensorBoard.
 
@@ -185,23 +218,22 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 
     def __init__(self, state: TrainingState, agent, data, episodes: int, seed: int, every: int, eval_log,
                  writer, say: Callable[[str], None] = print, budgets: Sequence[int] = EVAL_BUDGETS):
-        super().__init__()
+        super().__init__(state, every)
         from pipeline import policies  # here: the environments load only when a run evaluates
 
-        self.state = state
         self.data = data
         self.episodes = episodes
         self.seed = seed
-        self.every = every
         self.eval_log = eval_log
         self.writer = writer
         self.say = say
         # Traced once, reading the agent's current weights at every call: no re-tracing per evaluation.
         self.policies = {k: policies.make_agent_policy(agent, euler_steps=k) for k in budgets}
 
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.state.failure and self.every > 0 and self.state.step % self.every == 0:
-            self.evaluate(self.state.step)
+    def act(self, step: int) -> None:
+        start = time.perf_counter()
+        self.evaluate(step)
+        self.state.exclude(time.perf_counter() - start)  # steps/s measures training only
 
     def evaluate(self, step: int) -> list[dict]:
         from pipeline import rollouts

@@ -17,7 +17,8 @@ from typing import Iterable, Mapping, Tuple
 from data import envs
 from data.files import write_json
 from models import checkpoints
-from models.config import RENAMED_FIELDS, AgentConfig, field_types, from_dict, to_dict
+from models.config import (RENAMED_FIELDS, AgentConfig, Rule, check_fields, field_types, flag, from_dict,
+                           integer, to_dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +30,16 @@ class DataSpec:
     episode_length: int = 200  # Evaluation episode length (OGBench's max_episode_steps).
 
     def __post_init__(self):
-        family = envs.resolve_env(self.env)
-        object.__setattr__(self, "env", family.name)  # one spelling, so resumption compares names
-        object.__setattr__(self, "task", envs.check_task(family, self.task))
-        if self.episode_length < 1:
-            raise ValueError(f"Invalid DataSpec: episode_length={self.episode_length} must be >= 1.")
+        rules = {"episode_length": integer(1)}
+        key = self.env.strip() if isinstance(self.env, str) else None
+        family = envs.FAMILIES.get(envs.ALIASES.get(key, key))  # the spellings envs.resolve_env accepts
+        if family is None:
+            rules["env"] = Rule("one of " + ", ".join(sorted(set(envs.ALIASES) | set(envs.FAMILIES))), lambda v: None)
+        else:
+            object.__setattr__(self, "env", family.name)  # one spelling, so resumption compares names
+            task = integer(1, family.num_tasks)
+            rules["task"] = Rule(f"{task.allowed} (the tasks of {family.name})", task.parse)
+        check_fields(self, rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +54,20 @@ class Schedule:
     jit_compile: bool = True  # Compile the train step with XLA.
 
     def __post_init__(self):
-        problems = [f"{name}={getattr(self, name)} must be >= {low}"
-                    for name, low in (("gradient_steps", 0), ("log_every", 1), ("eval_every", 0),
-                                      ("eval_episodes", 0), ("checkpoint_every", 0))
-                    if getattr(self, name) < low]
-        if problems:
-            raise ValueError("Invalid Schedule: " + "; ".join(problems) + ".")
+        check_fields(self, SCHEDULE_RULES)
+
+
+# Every Schedule field and what it may hold. Nothing needs to divide anything: the loop's log
+# windows end at multiples of log_every and at gradient_steps, evaluations and checkpoints happen
+# at the exact multiples of their own periods (pipeline/training.py).
+SCHEDULE_RULES = {
+    "gradient_steps": integer(1),
+    "log_every": integer(1),
+    "eval_every": integer(0),
+    "eval_episodes": integer(0),
+    "checkpoint_every": integer(0),
+    "jit_compile": flag(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +173,15 @@ def make_run_config(env: str = "cube", values: Mapping[str, object] = {}, overri
     }
     for key, value in given.items():
         sections[FIELDS[key][0]][key] = value
-    return RunConfig(**{name: _build(name, fields) for name, fields in sections.items()})
-
-
-def _build(section: str, fields: dict):
-    """_SECTIONS[section](**fields), with errors that say which section."""
-    try:
-        return _SECTIONS[section](**fields)
-    except TypeError as error:  # e.g. a tuple where an int belongs
-        raise ValueError(f"Invalid {section} settings {fields}: {error}.") from None
+    built, problems = {}, []
+    for name, fields in sections.items():  # every section checked, so one run shows every problem
+        try:
+            built[name] = _SECTIONS[name](**fields)
+        except ValueError as error:
+            problems.append(str(error).rstrip("."))
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
+    return RunConfig(**built)
 
 
 def run_config_to_dict(config: RunConfig) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -55,6 +56,54 @@ class EvalLog:
         ax.legend()
         fig.tight_layout()
         files.save_figure(fig, self.png_path, dpi=120)
+
+
+def drop_rows_after(csv_path, step: int) -> int:
+    """Rewrites `csv_path` (atomically) without its rows after gradient step `step` and without a
+    row a kill cut short; returns how many rows it dropped (0, and no rewrite, when none)."""
+    path = Path(csv_path)
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    lines = text.splitlines()
+    if not text.endswith("\n") and lines:
+        lines = lines[:-1]  # an append cut short: its last value may be cut too
+    rows = list(csv.DictReader(lines))
+    columns = next(csv.reader(lines[:1]), None)
+    if not columns:
+        return 0
+    kept = [r for r in rows if _whole(r) and int(float(r["step"])) <= step]
+    dropped = len(text.splitlines()) - 1 - len(kept)
+    if dropped:
+        files.write_csv(path, kept, columns)
+    return dropped
+
+
+def _whole(row: dict) -> bool:
+    """Every column there (no more, no fewer) and a numeric step."""
+    if None in row or None in row.values():
+        return False
+    try:
+        return math.isfinite(float(row.get("step", "")))
+    except ValueError:
+        return False
+
+
+def mark_start(writer, step: int) -> None:
+    """Marks in TensorBoard that the run (re)starts after gradient step `step`: a SessionLog START
+    event at step + 1. TensorBoard takes a run's first START as its beginning and, on each later one,
+    drops the points at and after its step written before (tf.summary has no purge; TF1 supervisors
+    marked restarts this way), so a step a resumed run logs again is shown once."""
+    import time
+
+    import tensorflow as tf
+    from tensorflow.python.ops import summary_ops_v2  # import_event: the public writer has no raw-event call
+
+    event = tf.compat.v1.Event(wall_time=time.time(), step=step + 1,
+                               session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
+    with writer.as_default():
+        summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
+    writer.flush()
 
 
 def hparam_values(config) -> dict:

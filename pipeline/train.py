@@ -19,20 +19,31 @@ from pipeline import config as run_config  # noqa: E402
 from pipeline import datasets, training  # noqa: E402
 
 
+def _integer(text: str) -> int:
+    """An int flag that also takes 1e6 and 20_000; its range is checked with the config's fields."""
+    try:
+        number = float(text)
+        if number.is_integer():
+            return int(number)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="cube", help="env preset: cube (= cube-single-play), cube-double, scene, ...")
-    p.add_argument("--task", type=int, help="OGBench single-task id, 1..5 (default: the preset's)")
-    p.add_argument("--steps", type=int, help="gradient steps (default: the paper's 1M)")
-    p.add_argument("--batch_size", type=int, help="global batch size (default 256)")
-    p.add_argument("--seed", type=int, help="seed of the agent, data order and evaluation")
-    p.add_argument("--eval_every", type=int, help="steps between evaluations in the environment (0: only at the end)")
-    p.add_argument("--eval_episodes", type=int, help="episodes per budget per evaluation (0: no evaluation)")
-    p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints")
+    p.add_argument("--task", type=_integer, help="OGBench single-task id, 1..5 (default: the preset's)")
+    p.add_argument("--steps", type=_integer, help="gradient steps, any positive number (default: the paper's 1M)")
+    p.add_argument("--batch_size", type=_integer, help="global batch size (default 256)")
+    p.add_argument("--seed", type=_integer, help="seed of the agent, data order and evaluation")
+    p.add_argument("--eval_every", type=_integer, help="steps between evaluations in the environment (0: only at the end)")
+    p.add_argument("--eval_episodes", type=_integer, help="episodes per budget per evaluation (0: no evaluation)")
+    p.add_argument("--checkpoint_every", type=_integer, help="steps between checkpoints")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
     p.add_argument("--workdir", help="run directory (default artifacts/runs/ENV-taskT-sSEED); reuse it to resume")
     p.add_argument("--data", help="prepared TFRecord directory (default: artifacts/data/DATASET, made if missing)")
-    p.add_argument("--generate_episodes", type=int, default=None,
+    p.add_argument("--generate_episodes", type=_integer, default=None,
                    help="training episodes to regenerate when the data is missing (default: the paper's 1000)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "tpu"],
                    help="tf.distribute strategy: one device, all local devices, or a TPU")

@@ -1,11 +1,19 @@
 """The SORL training loop: build the agent under a strategy, restore or start, fit, checkpoint, export.
 
 `pipeline/train.py` parses flags, prepares the data (pipeline/datasets.py) and calls `run_training`;
-tests call it too. The loop is `agent.fit` whose "epochs" are `schedule.log_every` gradient steps,
-so the agent's own XLA-compiled `train_step` runs untouched and everything periodic (logging,
-validation, checkpoints, evaluation: pipeline/callbacks.py) happens at epoch ends, at exact
-multiples of the step counts. SIGINT or SIGTERM stops the run after the step in flight with a
+tests call it too. The loop is `agent.fit` whose "epochs" are log windows: they end at every multiple
+of `schedule.log_every` and at `gradient_steps` (the last window may be shorter), so the agent's own
+XLA-compiled `train_step` runs untouched. Metrics and validation are logged at window ends;
+checkpoints and evaluations happen at the exact multiples of their own periods (pipeline/callbacks.py),
+so no period has to divide another. SIGINT or SIGTERM stops the run after the step in flight with a
 checkpoint of that step (pipeline/interrupts.py); the rerun resumes there.
+
+A rerun over an existing run directory (its config.json) resumes from the newest checkpoint that
+restores, skipping (and moving to checkpoints/damaged/) newer ones that do not; it refuses to start
+when none restores, and never rewrites config.json. It deletes what a killed save left behind and
+the metrics.csv / eval.csv rows after the restored step, so every step is logged once.
+A resumed run marks its restart in TensorBoard (run_logs.mark_start), which then drops the points
+logged after the restored step by the killed run, so those steps are shown once there too.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from data import reader
+from data import files, reader
 from models import checkpoints
 from models.sorl import SORLAgent
 from pipeline import callbacks, interrupts, run_logs
@@ -44,17 +52,24 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise TrainingError(f"--strategy={name!r} is not one of: default, mirrored, tpu")
 
 
-def check_schedule(schedule) -> None:
-    """Every periodic action must land on a log boundary, since the loop only stops there."""
-    if schedule.gradient_steps <= 0:
-        raise TrainingError(f"gradient_steps={schedule.gradient_steps}: the number of gradient steps must be positive")
-    for field in ("eval_every", "checkpoint_every", "gradient_steps"):
-        value = getattr(schedule, field)
-        if value > 0 and value % schedule.log_every:
-            raise TrainingError(
-                f"{field}={value} is not a multiple of log_every={schedule.log_every}; pass --set log_every=N "
-                "with N dividing gradient_steps (--steps), eval_every and checkpoint_every"
-            )
+def log_windows(start: int, total: int, log_every: int) -> list[tuple[int, int, int]]:
+    """The fit calls from gradient step `start` to `total`: (first step, steps per epoch, epochs).
+
+    Epochs end at every multiple of log_every and at total: a resume off the log grid (after a
+    stop) first runs one short epoch back onto it, and a total off the grid ends with a short one.
+    """
+    calls, step = [], start
+    if step % log_every and step < total:
+        end = min(step - step % log_every + log_every, total)
+        calls.append((step, end - step, 1))
+        step = end
+    full = (total - step) // log_every
+    if full > 0:
+        calls.append((step, log_every, full))
+        step += full * log_every
+    if step < total:
+        calls.append((step, total - step, 1))
+    return calls
 
 
 def validation_dataset(data_dir, config) -> tf.data.Dataset:
@@ -83,12 +98,11 @@ def run_training(
     """Train (or resume) a SORL agent on the prepared TFRecords in `data_dir`; returns a summary
     dict (workdir, step, checkpoint, and export when exported).
 
-    `config` is a pipeline.config.RunConfig. Raises TrainingError on a bad run (a schedule off the
-    log grid, a resume with other agent or data settings, a non-finite loss) and TrainingInterrupted
-    after SIGINT/SIGTERM.
+    `config` is a pipeline.config.RunConfig (validated when built). Raises TrainingError on a run
+    that cannot go on (a resume with other agent or data settings, checkpoints none of which
+    restores, a non-finite loss) and TrainingInterrupted after SIGINT/SIGTERM.
     """
     schedule = config.schedule
-    check_schedule(schedule)
     workdir = Path(workdir)
     meta = reader.load_metadata(str(data_dir))
     obs_dim, action_dim = int(meta["obs_dim"]), int(meta["action_dim"])
@@ -96,28 +110,19 @@ def run_training(
     with make_strategy(strategy_name).scope():
         agent = SORLAgent(config.agent, obs_dim, action_dim)
         agent.compile(jit_compile=schedule.jit_compile)
+    resuming = _restore_or_start(agent, config, workdir, data_dir, strategy_name, obs_dim, action_dim, log)
     # The run's clock is the agent's count of updates (one per gradient step), saved with the
     # agent; the checkpoint's own `step` mirrors it for readers that load no optimizer.
     manager = checkpoints.make_checkpoint_manager(agent, str(workdir), tf.Variable(0, dtype=tf.int64, trainable=False))
-
-    resuming = workdir.joinpath("config.json").exists() and manager.latest_checkpoint is not None
-    if resuming:
-        try:
-            run_config.check_resumable(workdir, config)
-        except ValueError as error:
-            raise TrainingError(str(error)) from None
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"Resuming {workdir} from {manager.latest_checkpoint} (step {_agent_step(agent)}).")
-    else:
-        workdir.mkdir(parents=True, exist_ok=True)
-        run_config.save_run_config(workdir, config, obs_dim, action_dim, data_dir=str(data_dir),
-                                   strategy=strategy_name)
-        log(f"Training {config.data.env} task {config.data.task} for {schedule.gradient_steps} steps; "
-            f"run directory {workdir}.")
+    start_step = _agent_step(agent)
+    for csv_path in (workdir / "metrics.csv", workdir / "eval.csv"):
+        dropped = run_logs.drop_rows_after(csv_path, start_step)
+        if dropped:  # logged after the restored checkpoint by a run that was killed: logged again below
+            log(f"Dropped {dropped} rows after step {start_step} from {csv_path}.")
     writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    run_logs.mark_start(writer, start_step)
     if not resuming:
         run_logs.write_hparams(writer, config, trial_id=workdir.name)
-    start_step = _agent_step(agent)
 
     state = callbacks.TrainingState(start_step)
     progress = callbacks.ProgressReporter(state, schedule.gradient_steps, show_bar=show_progress)
@@ -172,24 +177,76 @@ def run_training(
     return summary
 
 
-def _fit(agent, config, data_dir, fit_callbacks, state: callbacks.TrainingState, validation_batches: int) -> None:
-    """agent.fit from the current step to schedule.gradient_steps in "epochs" of log_every steps.
-
-    A run interrupted between log boundaries resumes with one short epoch back onto them. Each fit
-    call reshuffles the data with a seed from its first step: the data order is not checkpointed,
-    the model state is.
+def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs_dim, action_dim, log) -> bool:
+    """Restores the newest checkpoint that restores into `agent`, or starts a new run directory
+    (writing its config.json); True when resuming an existing run. TrainingError when the run
+    directory holds checkpoints without a config.json, or a config.json whose checkpoints all fail.
     """
-    window, total = config.schedule.log_every, config.schedule.gradient_steps
+    config_path = workdir / checkpoints.CONFIG_FILE
+    checkpoint_dir = workdir / checkpoints.CHECKPOINT_DIR
+    found = checkpoints.checkpoint_files(checkpoint_dir)
+    if not config_path.exists():
+        if found:
+            raise TrainingError(
+                f"{checkpoint_dir} holds checkpoints ({', '.join(f'ckpt-{s}' for s in found)}) but {config_path} "
+                "is missing: restore it to resume, or pass a new --workdir."
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(workdir, log)
+        run_config.save_run_config(workdir, config, obs_dim, action_dim, data_dir=str(data_dir),
+                                   strategy=strategy_name)
+        log(f"Training {config.data.env} task {config.data.task} for {config.schedule.gradient_steps} steps; "
+            f"run directory {workdir}.")
+        return False
+    try:
+        run_config.check_resumable(workdir, config)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    _remove_leftovers(workdir, log)
+    if not found:
+        # Killed before its first checkpoint: nothing was lost but those steps; config.json stays.
+        checkpoint_dir.joinpath(checkpoints.INDEX_FILE).unlink(missing_ok=True)  # it lists nothing there
+        log(f"{workdir} has a config.json but no checkpoint yet: training from step 0.")
+        return True
+    try:
+        restored = checkpoints.restore_newest(tf.train.Checkpoint(agent=agent), checkpoint_dir, say=log)
+    except checkpoints.CheckpointError as error:
+        raise TrainingError(f"{error} {config_path} is kept; delete the run directory to start over, "
+                            "or pass a new --workdir.") from None
+    if restored.skipped:
+        aside = checkpoints.set_aside(checkpoint_dir, [step for step, _ in restored.skipped])
+        log(f"Moved the checkpoints that do not restore to {aside}.")
+    checkpoints.rewrite_index(checkpoint_dir)  # also rebuilds a lost or corrupt index from the files
+    log(f"Resuming {workdir} from {restored.path} (step {_agent_step(agent)}).")
+    return True
+
+
+def _remove_leftovers(workdir: Path, log) -> None:
+    """Deletes the partial files of saves and writes that a kill cut short, and says which."""
+    removed = checkpoints.remove_unfinished_saves(workdir / checkpoints.CHECKPOINT_DIR)
+    for path in files.leftover_temporaries(workdir):
+        path.unlink()
+        removed.append(path)
+    if removed:
+        log(f"Removed what an interrupted save left behind: {', '.join(str(p) for p in removed)}.")
+
+
+def _fit(agent, config, data_dir, fit_callbacks, state: callbacks.TrainingState, validation_batches: int) -> None:
+    """agent.fit from the current step to schedule.gradient_steps in the epochs of log_windows.
+
+    Each fit call reshuffles the data with a seed from its first step: the data order is not
+    checkpointed, the model state is.
+    """
     val_ds = validation_dataset(data_dir, config)
-    while state.step < total and not state.stopping:
-        step = state.step
-        epoch_steps = window - step % window  # == window except right after an off-grid resume
+    for first_step, epoch_steps, epochs in log_windows(state.step, config.schedule.gradient_steps,
+                                                       config.schedule.log_every):
+        if state.stopping:
+            break
         train_ds = reader.make_dataset(str(data_dir), split="train", task=config.data.task,
-                                       batch_size=config.agent.batch_size, seed=config.agent.seed + step)
+                                       batch_size=config.agent.batch_size, seed=config.agent.seed + first_step)
         agent.fit(
             train_ds,
-            initial_epoch=step // window,
-            epochs=step // window + 1 if epoch_steps != window else total // window,
+            epochs=epochs,
             steps_per_epoch=epoch_steps,
             validation_data=val_ds,
             validation_steps=validation_batches,

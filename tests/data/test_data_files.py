@@ -33,3 +33,17 @@ def test_files_get_the_permissions_of_open(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_leftover_temporaries_are_the_names_atomic_path_gives(tmp_path):
+    from data import files
+
+    for name in (".config.json.0123abcd.tmp", ".learning_curve.png.89abcdef.tmp.png", "config.json",
+                 ".hidden", "x.0123abcd.tmp"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.0123abcd.tmp").mkdir()
+    assert [p.name for p in files.leftover_temporaries(tmp_path)] == [
+        ".config.json.0123abcd.tmp", ".learning_curve.png.89abcdef.tmp.png"]
+    with files.atomic_path(tmp_path / "y.csv") as temporary:
+        assert files.TEMPORARY_NAME.match(temporary.name)
+    assert files.leftover_temporaries(tmp_path / "missing") == []

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,148 @@ def test_load_agent_errors(tmp_path):
     save_config(tmp_path, small_config(actor_hidden_dims=(16,)))
     with pytest.raises(ValueError, match="Cannot restore .*ckpt-1"):
         checkpoints.load_agent(tmp_path, path)
+
+
+# ------------------------------------------------------------------ damaged checkpoints and resume
+DATA = "ckpt-{}.data-00000-of-00001"
+INDEX = "ckpt-{}.index"
+
+
+def _truncate(name, keep):
+    def damage(directory, step):
+        path = directory / name.format(step)
+        data = path.read_bytes()
+        path.write_bytes(data[: keep(len(data))])
+    return damage
+
+
+def _flip_byte(name):
+    def damage(directory, step):
+        path = directory / name.format(step)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return damage
+
+
+def _delete(name):
+    return lambda directory, step: (directory / name.format(step)).unlink()
+
+
+# Each way a kill, a full disk or a bad copy leaves the newest checkpoint, and the error it surfaces as.
+DAMAGES = {
+    "data truncated to half": _truncate(DATA, lambda n: n // 2),
+    "data emptied": _truncate(DATA, lambda n: 0),
+    "data one byte short": _truncate(DATA, lambda n: n - 1),
+    "data byte flipped": _flip_byte(DATA),
+    "data deleted": _delete(DATA),
+    "index truncated to half": _truncate(INDEX, lambda n: n // 2),
+    "index emptied": _truncate(INDEX, lambda n: 0),
+    "index byte flipped": _flip_byte(INDEX),
+    "index deleted": _delete(INDEX),
+}
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    """(agent config, {step: variables}) and a run directory with ckpt-1, ckpt-2, ckpt-3."""
+    workdir = tmp_path_factory.mktemp("three_checkpoints")
+    config = small_config()
+    agent = trained_agent(config, 1)
+    save_config(workdir, config)
+    manager = checkpoints.make_checkpoint_manager(agent, workdir, agent.training_steps)
+    weights = {}
+    for step in (1, 2, 3):
+        if step > 1:
+            agent.fit(tf.data.Dataset.from_tensors(batch(step)).repeat(), steps_per_epoch=1, epochs=1, verbose=0)
+        manager.save(checkpoint_number=step)
+        weights[step] = [v.numpy() for v in agent.actor.weights]
+    return workdir, config, weights
+
+
+def copy_run(source, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(source, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(three_checkpoints, tmp_path, damage):
+    source, config, weights = three_checkpoints
+    workdir = copy_run(source, tmp_path)
+    directory = workdir / "checkpoints"
+    DAMAGES[damage](directory, 3)
+    said = []
+    agent = SORLAgent(config, OBS_DIM, ACTION_DIM)
+    restored = checkpoints.restore_newest(tf.train.Checkpoint(agent=agent), directory, say=said.append)
+    assert restored.step == 2 and restored.path == str(directory / "ckpt-2")
+    assert [step for step, _ in restored.skipped] == [3]
+    assert len(said) == 1 and said[0].startswith(f"Skipping checkpoint {directory / 'ckpt-3'} (it does not restore: ")
+    for got, want in zip(agent.actor.weights, weights[2]):
+        np.testing.assert_array_equal(got.numpy(), want)
+    # load_agent (evaluate, export) falls back the same way and says so.
+    said.clear()
+    loaded, _, step = checkpoints.load_agent(workdir, say=said.append)
+    assert step == 2 and "ckpt-3" in said[0]
+
+
+def test_two_damaged_checkpoints_fall_back_to_the_third(three_checkpoints, tmp_path):
+    source, config, weights = three_checkpoints
+    directory = copy_run(source, tmp_path) / "checkpoints"
+    DAMAGES["data truncated to half"](directory, 3)
+    DAMAGES["index deleted"](directory, 2)
+    restored = checkpoints.restore_newest(tf.train.Checkpoint(agent=SORLAgent(config, OBS_DIM, ACTION_DIM)),
+                                          directory, say=lambda line: None)
+    assert restored.step == 1
+    assert [s for s, _ in restored.skipped] == [3, 2] and "ckpt-2.index is missing" in restored.skipped[1][1]
+
+
+def test_no_checkpoint_restores_names_every_file_tried(three_checkpoints, tmp_path):
+    source, config, _ = three_checkpoints
+    directory = copy_run(source, tmp_path) / "checkpoints"
+    for step, damage in ((3, "data emptied"), (2, "index byte flipped"), (1, "data byte flipped")):
+        DAMAGES[damage](directory, step)
+    with pytest.raises(checkpoints.CheckpointError) as caught:
+        checkpoints.restore_newest(tf.train.Checkpoint(agent=SORLAgent(config, OBS_DIM, ACTION_DIM)), directory,
+                                   say=lambda line: None)
+    message = str(caught.value)
+    assert message.startswith(f"No checkpoint in {directory} restores: ")
+    for step in (3, 2, 1):
+        assert f"ckpt-{step} (ckpt-{step}.data-00000-of-00001, ckpt-{step}.index): " in message
+    assert "Checksum does not match" in message and "\n" not in message
+
+
+def test_the_list_comes_from_the_files_not_the_index(three_checkpoints, tmp_path):
+    source, config, _ = three_checkpoints
+    directory = copy_run(source, tmp_path) / "checkpoints"
+    (directory / "checkpoint").unlink()
+    assert list(checkpoints.checkpoint_files(directory)) == [3, 2, 1]
+    restored = checkpoints.restore_newest(tf.train.Checkpoint(agent=SORLAgent(config, OBS_DIM, ACTION_DIM)), directory)
+    assert restored.step == 3 and restored.skipped == []
+    checkpoints.rewrite_index(directory)
+    assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-3")
+    assert tf.train.get_checkpoint_state(str(directory)).all_model_checkpoint_paths == [
+        str(directory / f"ckpt-{s}") for s in (1, 2, 3)]
+
+
+def test_set_aside_moves_a_checkpoints_files(three_checkpoints, tmp_path):
+    directory = copy_run(three_checkpoints[0], tmp_path) / "checkpoints"
+    aside = checkpoints.set_aside(directory, [3])
+    assert aside == directory / "damaged" and sorted(p.name for p in aside.iterdir()) == [DATA.format(3), INDEX.format(3)]
+    assert list(checkpoints.checkpoint_files(directory)) == [2, 1]
+    assert checkpoints.set_aside(directory, [7]) is None
+
+
+def test_remove_unfinished_saves(tmp_path):
+    directory = tmp_path / "checkpoints"
+    (directory / "ckpt-8_temp").mkdir(parents=True)
+    (directory / "ckpt-8_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 10)
+    (directory / "ckpt-9_temp_0123abcd").mkdir()
+    (directory / "checkpoint.tmp9f86d081884c7d659a2feaa0c55ad015").write_text("model_checkpoint_path")
+    for keep in ("ckpt-7.index", "ckpt-7.data-00000-of-00001", "checkpoint"):
+        (directory / keep).write_text("x")
+    removed = checkpoints.remove_unfinished_saves(directory)
+    assert sorted(p.name for p in removed) == ["checkpoint.tmp9f86d081884c7d659a2feaa0c55ad015", "ckpt-8_temp",
+                                               "ckpt-9_temp_0123abcd"]
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint", "ckpt-7.data-00000-of-00001", "ckpt-7.index"]
+    assert checkpoints.remove_unfinished_saves(tmp_path / "none") == []

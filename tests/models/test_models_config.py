@@ -29,17 +29,22 @@ def test_holds_the_agents_hyper_parameters_only():
         ("q_agg", "max", r"q_agg='max' must be 'mean' or 'min'"),
         ("m_disc", 6, r"m_disc=6 must be a power of two"),
         ("m_btt", 3, r"m_btt=3 must be a power of two"),
-        ("m_disc", 1, r"m_disc=1 must be >= 2"),
-        ("tau", 2.0, r"tau=2.0 must be in \[0, 1\]"),
-        ("inference_euler_steps", 0, r"inference_euler_steps=0 must be >= 1"),
-        ("num_critics", 0, r"num_critics=0 must be >= 1"),
-        ("batch_size", 0, r"batch_size=0 must be >= 1"),
+        ("m_disc", 1, r"m_disc=1 must be a power of two >= 2"),
+        ("tau", 2.0, r"tau=2.0 must be a number in \(0, 1\]"),
+        ("inference_euler_steps", 0, r"inference_euler_steps=0 must be an integer >= 1"),
+        ("num_critics", 0, r"num_critics=0 must be an integer >= 1"),
+        ("batch_size", 0, r"batch_size=0 must be an integer >= 1"),
         ("actor_hidden_dims", (), r"actor_hidden_dims=\(\) must be one or more widths >= 1"),
+        ("discount", 1.0, r"discount=1.0 must be a number in \[0, 1\)"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):
         cfg_lib.AgentConfig(**{field: value})
+
+
+def test_every_field_has_a_rule():
+    assert set(cfg_lib.AGENT_RULES) == {f.name for f in dataclasses.fields(cfg_lib.AgentConfig)}
 
 
 def test_dict_round_trip_through_json():

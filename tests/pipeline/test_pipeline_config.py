@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -73,15 +74,102 @@ def test_cap_step_level_points_at_the_inference_flags():
         ("actor_hidden_dims=a,b", r"actor_hidden_dims='a,b' is not a valid comma-separated ints"),
         ("q_agg=max", r"q_agg='max' must be 'mean' or 'min'"),
         ("m_disc=6", r"m_disc=6 must be a power of two"),
-        ("tau=2", r"tau=2.0 must be in \[0, 1\]"),
-        ("task=0", r"unknown task 0 for env cube-single-play: use an integer 1\.\.5"),
-        ("log_every=0", r"log_every=0 must be >= 1"),
-        ("episode_length=0", r"episode_length=0 must be >= 1"),
+        ("tau=2", r"tau=2.0 must be a number in \(0, 1\]"),
+        ("task=0", r"task=0 must be an integer in \[1, 5\] \(the tasks of cube-single-play\)"),
+        ("log_every=0", r"log_every=0 must be an integer >= 1"),
+        ("episode_length=0", r"episode_length=0 must be an integer >= 1"),
     ],
 )
 def test_errors_name_the_key_and_the_value(override, message):
     with pytest.raises(ValueError, match=message):
         run_lib.make_run_config("cube", overrides=[override])
+
+
+# Every field of the three sections with values it must refuse: (field, bad value, allowed range).
+BAD_VALUES = {
+    # AgentConfig
+    "actor_hidden_dims": [((), "one or more widths >= 1"), ((16, 0), "one or more widths >= 1"),
+                          ((16, -4), "one or more widths >= 1"), (16, "one or more widths >= 1"),
+                          ((16.5,), "one or more widths >= 1")],
+    "critic_hidden_dims": [((), "one or more widths >= 1"), ((0,), "one or more widths >= 1")],
+    "actor_layer_norm": [(1, "true or false"), ("yes", "true or false")],
+    "critic_layer_norm": [(0, "true or false"), (None, "true or false")],
+    "num_critics": [(0, "an integer >= 1"), (-1, "an integer >= 1"), (2.0, "an integer >= 1"),
+                    (True, "an integer >= 1")],
+    "actor_lr": [(0.0, "a finite number > 0"), (-1e-4, "a finite number > 0"), (float("nan"), "a finite number > 0"),
+                 (float("inf"), "a finite number > 0"), ("1e-4", "a finite number > 0")],
+    "critic_lr": [(0, "a finite number > 0"), (float("nan"), "a finite number > 0")],
+    "adam_beta_1": [(1.0, r"a number in \[0, 1\)"), (-0.1, r"a number in \[0, 1\)")],
+    "adam_beta_2": [(1.0, r"a number in \[0, 1\)"), (float("nan"), r"a number in \[0, 1\)")],
+    "grad_clip_norm": [(-1.0, "a finite number >= 0"), (float("inf"), "a finite number >= 0")],
+    "tau": [(0.0, r"a number in \(0, 1\]"), (1.5, r"a number in \(0, 1\]"), (-0.1, r"a number in \(0, 1\]"),
+            (float("nan"), r"a number in \(0, 1\]")],
+    "discount": [(1.0, r"a number in \[0, 1\)"), (1.5, r"a number in \[0, 1\)"), (-0.5, r"a number in \[0, 1\)"),
+                 (float("nan"), r"a number in \[0, 1\)"), (True, r"a number in \[0, 1\)")],
+    "q_agg": [("max", "'mean' or 'min'"), ("", "'mean' or 'min'"), (None, "'mean' or 'min'")],
+    "q_loss_coef": [(-1.0, "a finite number >= 0"), (float("nan"), "a finite number >= 0"),
+                    (float("inf"), "a finite number >= 0")],
+    "fm_coef": [(-0.5, "a finite number >= 0"), (float("-inf"), "a finite number >= 0")],
+    "sc_coef": [(-10, "a finite number >= 0"), ("10", "a finite number >= 0")],
+    "m_disc": [(6, r"a power of two >= 2"), (1, r"a power of two >= 2"), (0, r"a power of two >= 2"),
+               (8.0, r"a power of two >= 2")],
+    "m_btt": [(3, r"a power of two >= 1"), (0, r"a power of two >= 1"), (-8, r"a power of two >= 1")],
+    "t_eps": [(1.0, r"a number in \[0, 1\)"), (-1e-5, r"a number in \[0, 1\)"), (float("nan"), r"a number in \[0, 1\)")],
+    "inference_euler_steps": [(0, "an integer >= 1"), (-2, "an integer >= 1"), (2.5, "an integer >= 1")],
+    "batch_size": [(0, "an integer >= 1"), (-32, "an integer >= 1"), (32.0, "an integer >= 1"),
+                   (False, "an integer >= 1")],
+    "seed": [(-1, r"an integer in \[0, 2147483647\]"), (2**31, r"an integer in \[0, 2147483647\]"),
+             (1.5, r"an integer in \[0, 2147483647\]")],
+    # DataSpec (env is checked against the known families; an unknown one names them)
+    "env": [(3, "one of antmaze-giant"), ("cubes", "one of antmaze-giant")],
+    "task": [(0, r"an integer in \[1, 5\]"), (6, r"an integer in \[1, 5\]"), (2.5, r"an integer in \[1, 5\]"),
+             ("2", r"an integer in \[1, 5\]"), (True, r"an integer in \[1, 5\]")],
+    "episode_length": [(0, "an integer >= 1"), (-5, "an integer >= 1"), (200.5, "an integer >= 1")],
+    # Schedule
+    "gradient_steps": [(0, "an integer >= 1"), (-10, "an integer >= 1"), (1.5, "an integer >= 1")],
+    "log_every": [(0, "an integer >= 1"), (-5, "an integer >= 1"), (0.5, "an integer >= 1"), (2.5, "an integer >= 1"),
+                  (True, "an integer >= 1"), (None, "an integer >= 1")],
+    "eval_every": [(-1, "an integer >= 0"), (2.5, "an integer >= 0")],
+    "eval_episodes": [(-1, "an integer >= 0"), ("5", "an integer >= 0")],
+    "checkpoint_every": [(-5, "an integer >= 0"), (float("nan"), "an integer >= 0")],
+    "jit_compile": [(1, "true or false"), ("false", "true or false")],
+}
+SECTION_OF = {f.name: cls for cls in (AgentConfig, DataSpec, Schedule) for f in dataclasses.fields(cls)}
+
+
+def test_every_field_has_bad_values_in_the_table():
+    assert set(BAD_VALUES) == set(SECTION_OF)
+
+
+@pytest.mark.parametrize("field, value, allowed",
+                         [(f, v, a) for f, cases in BAD_VALUES.items() for v, a in cases],
+                         ids=lambda x: repr(x)[:20])
+def test_bad_values_name_field_value_and_range(field, value, allowed):
+    cls = SECTION_OF[field]
+    pattern = rf"Invalid {cls.__name__}: (.*; )?{re.escape(field)}={re.escape(repr(value))} must be {allowed}"
+    with pytest.raises(ValueError, match=pattern):
+        cls(**{field: value})
+    # The same through make_run_config (flags and --set; None there means a flag not given): one line.
+    if field != "env" and value is not None:
+        with pytest.raises(ValueError, match=pattern) as caught:
+            run_lib.make_run_config("cube", {field: value})
+        assert "\n" not in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ValueError) as caught:
+        run_lib.make_run_config("cube", overrides=["log_every=0", "discount=1", "tau=0", "actor_lr=nan",
+                                                   "episode_length=0"])
+    message = str(caught.value)
+    for part in ("log_every=0 must", "discount=1.0 must", "tau=0.0 must", "actor_lr=nan must", "episode_length=0 must"):
+        assert part in message, message
+
+
+def test_values_are_stored_in_their_field_types():
+    c = run_lib.make_run_config("cube", {"actor_lr": 1, "actor_hidden_dims": [16, 16], "discount": 0})
+    assert c.agent.actor_lr == 1.0 and isinstance(c.agent.actor_lr, float)
+    assert c.agent.actor_hidden_dims == (16, 16) and isinstance(c.agent.discount, float)
+    assert Schedule(gradient_steps=7, log_every=5, eval_every=3, checkpoint_every=4).gradient_steps == 7
 
 
 def test_unknown_env_names_it():
@@ -166,7 +254,7 @@ def test_load_errors_name_the_file_and_the_field(tmp_path):
     broken = json.loads(json.dumps(OLD_CONFIG_JSON))
     broken["config"]["task"] = 9
     tmp_path.joinpath("config.json").write_text(json.dumps(broken))
-    with pytest.raises(ValueError, match=r"config\.json: unknown task 9 for env cube-single-play"):
+    with pytest.raises(ValueError, match=r"config\.json: Invalid DataSpec: task=9 must be an integer in \[1, 5\]"):
         run_lib.load_run_config(tmp_path)
     broken["config"]["task"] = 3
     broken["config"]["bogus"] = 1

@@ -23,3 +23,18 @@ def test_hparams_are_the_run_config_fields():
     values = run_logs.hparam_values(make_run_config("cube", overrides=["actor_hidden_dims=32,32"]))
     assert values["gradient_steps"] == 1_000_000 and values["episode_length"] == 200
     assert values["q_loss_coef"] == 10.0 and values["actor_hidden_dims"] == "[32, 32]"
+
+
+def test_drop_rows_after_keeps_rows_up_to_the_step_and_drops_cut_rows(tmp_path):
+    import csv
+
+    from pipeline import run_logs
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,critic/loss,val_critic/loss\n5,1.0,2.0\n10,0.9,1.9\n15,0.8\n20,0.7,1.7\n25,0.6,1.")
+    assert run_logs.drop_rows_after(path, 20) == 2  # 15 lost a value; 25 was cut mid-append
+    assert [r["step"] for r in csv.DictReader(open(path))] == ["5", "10", "20"]
+    assert run_logs.drop_rows_after(path, 20) == 0 and path.read_text().endswith("20,0.7,1.7\n")
+    assert run_logs.drop_rows_after(path, 5) == 2
+    assert path.read_text() == "step,critic/loss,val_critic/loss\n5,1.0,2.0\n"
+    assert run_logs.drop_rows_after(tmp_path / "none.csv", 5) == 0

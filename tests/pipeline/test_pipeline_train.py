@@ -96,6 +96,8 @@ def test_kill_loses_at_most_the_steps_since_the_last_checkpoint(cube_tfrecord_di
     resumed = run_train(cube_tfrecord_dir, workdir, f"--steps={saved + 5}", "--eval_episodes=0", "--no_export",
                         *NO_XLA)
     assert f"(step {saved})" in resumed.stdout
+    steps = [int(line.split(",")[0]) for line in open(workdir / "metrics.csv").read().splitlines()[1:]]
+    assert len(steps) == len(set(steps)) and steps[-1] == saved + 5, "a step the killed run logged is logged once"
 
 
 def test_sigterm_checkpoints_the_step_in_flight_and_the_rerun_resumes_there(cube_tfrecord_dir, tmp_path):
@@ -128,6 +130,20 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_rerun_resumes_there(cube
     assert f"(step {saved[0]})" in resumed.stdout
     steps = [int(line.split(",")[0]) for line in open(workdir / "metrics.csv").read().splitlines()[1:]]
     assert steps[-2:] == [target - 5, target] and saved[0] in steps, steps  # back on the log grid
+
+
+def test_bad_settings_are_one_line_errors_without_a_traceback(cube_tfrecord_dir, tmp_path):
+    proc = run_train(cube_tfrecord_dir, tmp_path / "run", "--steps=-3", "--set", "discount=1", "--set", "log_every=0",
+                     check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    # TF's own start-up lines may come first on stderr; ours is one line, the last.
+    assert [line for line in proc.stderr.splitlines() if line.startswith("train.py:")] == [
+        "train.py: Invalid AgentConfig: discount=1.0 must be a number in [0, 1); Invalid Schedule: "
+        "gradient_steps=-3 must be an integer >= 1; log_every=0 must be an integer >= 1."]
+    assert proc.stderr.strip().splitlines()[-1].startswith("train.py: Invalid AgentConfig")
+    proc = run_train(cube_tfrecord_dir, tmp_path / "run", "--steps=ten", check=False)
+    assert proc.returncode == 2 and "argument --steps: 'ten' is not an integer" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_config_key_is_a_clear_error(cube_tfrecord_dir, tmp_path):
