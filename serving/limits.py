@@ -34,7 +34,10 @@ class ServingLimits:
     max_body_bytes: int = 64 << 20  # largest request body (REST) or message (gRPC)
     max_batch_size: int = 1024  # most rows one request may send
     max_json_depth: int = 32  # deepest JSON nesting a REST body may use
-    max_connections: int = 100  # open REST connections; also concurrent gRPC RPCs
+    max_connections: int = 100  # open REST connections
+    # gRPC calls received or running at once: gRPC reads a whole message before any server code runs,
+    # so this times (max_body_bytes + 1 MiB) bounds the memory of gRPC requests in flight.
+    max_grpc_calls: int = 32
     max_concurrent_requests: int = 16  # requests run at once per front (REST threads, gRPC workers)
     request_timeout_s: float = 30.0  # time to receive one whole REST request
     idle_timeout_s: float = 60.0  # keep-alive connections idle longer are closed

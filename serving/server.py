@@ -268,7 +268,7 @@ class ModelServer:
             max_workers=limits.max_concurrent_requests, thread_name_prefix="grpc")
         self._grpc_server = grpc.server(
             self._grpc_executor,
-            maximum_concurrent_rpcs=limits.max_connections,  # more are refused RESOURCE_EXHAUSTED
+            maximum_concurrent_rpcs=limits.max_grpc_calls,  # more are refused RESOURCE_EXHAUSTED
             options=[
                 ("grpc.max_receive_message_length",
                  limits.max_body_bytes + GRPC_MESSAGE_SLACK_BYTES),
@@ -336,7 +336,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
                         help="largest request body (REST) or message (gRPC)")
     parser.add_argument("--max_connections", type=int, default=defaults.max_connections,
-                        help="open REST connections, and concurrent gRPC calls, at most")
+                        help="open REST connections at most")
+    parser.add_argument("--max_grpc_calls", type=int, default=defaults.max_grpc_calls,
+                        help="gRPC calls received or running at once; more get RESOURCE_EXHAUSTED")
     parser.add_argument("--request_timeout", type=float, default=defaults.request_timeout_s,
                         help="seconds a REST client may take to send one request")
     parser.add_argument("--idle_timeout", type=float, default=defaults.idle_timeout_s,
@@ -347,7 +349,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def limits_from_args(args: argparse.Namespace) -> ServingLimits:
     return dataclasses.replace(
         ServingLimits(), max_batch_size=args.max_batch_size, max_body_bytes=args.max_body_bytes,
-        max_connections=args.max_connections, request_timeout_s=args.request_timeout,
+        max_connections=args.max_connections, max_grpc_calls=args.max_grpc_calls,
+        request_timeout_s=args.request_timeout,
         idle_timeout_s=args.idle_timeout,
         max_decode_bytes=max(ServingLimits.max_decode_bytes, args.max_body_bytes))
 

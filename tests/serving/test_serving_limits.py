@@ -217,3 +217,29 @@ def test_the_server_stops_its_threads_and_sockets(export_dir, tmp_path):
     while (left := [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]):
         assert time.monotonic() < deadline, [t.name for t in left]
         time.sleep(0.1)
+
+
+def test_grpc_calls_in_flight_are_bounded_by_their_own_limit(monkeypatch, export_dir, tmp_path):
+    # gRPC buffers a whole message before the servicer runs, so the concurrent-call cap is what bounds
+    # the memory of gRPC requests; it comes from --max_grpc_calls, not from the REST connection limit.
+    from serving import server as server_lib
+
+    args = server_lib.parse_args(["--model_name=m", f"--model_base_path={tmp_path}", "--max_grpc_calls=3",
+                                  "--max_connections=50"])
+    limits = server_lib.limits_from_args(args)
+    assert (limits.max_grpc_calls, limits.max_connections) == (3, 50)
+    seen = {}
+    real_server = grpc.server
+
+    def recording_server(*args, **kwargs):
+        seen.update(kwargs)
+        return real_server(*args, **kwargs)
+
+    monkeypatch.setattr(server_lib.grpc, "server", recording_server)
+    base = tmp_path / "models"
+    shutil.copytree(export_dir, base / "1")
+    with ModelServer(MODEL, str(base), port=0, rest_api_port=0, host="127.0.0.1",
+                     file_system_poll_wait_seconds=-1, limits=limits):
+        pass
+    assert seen["maximum_concurrent_rpcs"] == 3
+    assert dict(seen["options"])["grpc.max_receive_message_length"] > limits.max_body_bytes
