@@ -148,16 +148,17 @@ def _probe_control_server(pool_host: str):
     return server, connected, f"{'localhost' if local else socket.getfqdn()}:{port}"
 
 
-def check_worker_pool(address: str, timeout_s: float = WORKER_POOL_TIMEOUT_S) -> None:
+def check_worker_pool(address: str, timeout_s: float | None = None) -> None:
     """Asks the external worker pool at `address` to start one worker and waits for it to connect.
 
     Raises DataError when no pool answers, or when its worker does not connect within `timeout_s`
-    (its `python` lacks Beam, or cannot reach this machine).
+    (default WORKER_POOL_TIMEOUT_S; its `python` lacks Beam, or cannot reach this machine).
     """
     import grpc
 
     from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
+    timeout_s = WORKER_POOL_TIMEOUT_S if timeout_s is None else timeout_s
     flag = f"--environment_config={address}"
     host = address.rsplit(":", 1)[0]
     server, connected, control_url = _probe_control_server(host)
