@@ -98,6 +98,6 @@ def test_the_check_finds_each_unsupported_feature(tmp_path):
     numbers | "Buffered" >> beam.ParDo(_Buffered())
     numbers | "Text" >> beam.io.WriteToText(str(tmp_path / "out"))
     found = "\n".join(portability_problems(pipeline))
-    for fragment in ("Tagged: multi-output ParDo", "_Buffered overrides finish_bundle",
+    for fragment in ("Tagged/ParDo(_Tagged): multi-output ParDo", "_Buffered overrides finish_bundle",
                      "Beam file/IO transform WriteToText", "Numbers: consumed by"):
         assert fragment in found
