@@ -99,5 +99,5 @@ def test_the_check_finds_each_unsupported_feature(tmp_path):
     numbers | "Text" >> beam.io.WriteToText(str(tmp_path / "out"))
     found = "\n".join(portability_problems(pipeline))
     for fragment in ("Tagged/ParDo(_Tagged): multi-output ParDo", "_Buffered overrides finish_bundle",
-                     "Beam file/IO transform WriteToText", "Numbers: consumed by"):
+                     "Beam file/IO transform WriteToText", "Numbers/Map(decode): consumed by ['Tagged/ParDo(_Tagged)', 'Buffered'"):
         assert fragment in found
