@@ -89,7 +89,8 @@ def check_workers(args) -> None:
     """DataError now, in one line, if the runner's workers cannot run the jobs (see module doc)."""
     kind = runner_kind(args)
     if kind == "dask":
-        check_dask_workers(flag_value(args, "dask_client_address"), flag_value(args, "dask_scheduler_file"))
+        check_dask_workers(flag_value(args, "dask_client_address"), flag_value(args, "dask_scheduler_file"),
+                           float(flag_value(args, "dask_connection_timeout") or 30))
     elif kind == "portable" and (flag_value(args, "environment_type") or "").upper() == "EXTERNAL":
         address = flag_value(args, "environment_config")
         if not address:
@@ -98,7 +99,7 @@ def check_workers(args) -> None:
         check_worker_pool(address)
 
 
-def check_dask_workers(address: str | None, scheduler_file: str | None = None) -> None:
+def check_dask_workers(address: str | None, scheduler_file: str | None = None, timeout_s: float = 30) -> None:
     """The scheduler and every worker import this project (DoFns are pickled by reference)."""
     if not address and not scheduler_file:
         return  # the runner starts a LocalCluster in this environment
@@ -106,7 +107,7 @@ def check_dask_workers(address: str | None, scheduler_file: str | None = None) -
 
     where = f"--dask_client_address={address}" if address else f"--dask_scheduler_file={scheduler_file}"
     try:
-        client = Client(address, scheduler_file=scheduler_file, timeout=30)
+        client = Client(address, scheduler_file=scheduler_file, timeout=timeout_s)
     except (OSError, TimeoutError, ValueError) as error:
         raise DataError(f"{where}: no Dask scheduler answers there ({error}); start one with "
                         f"`dask scheduler` or fix the address.") from None
