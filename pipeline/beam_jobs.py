@@ -2,10 +2,13 @@
 
 - `run_pipeline` runs a pipeline under any runner given by Beam's usual options (DirectRunner
   by default; `--direct_num_workers=2 --direct_running_mode=multi_processing` spreads work
-  over local cores; `--runner=DataflowRunner ...` runs the same job remotely) and turns a
-  worker's DataError back into a DataError in the caller.
+  over local cores; `--runner=dask` / `--runner=portable` and every other runner as
+  pipeline/beam_runners.py describes) and turns a worker's DataError back into a DataError in
+  the caller.
 - `StagedDirectory` is where a job writes: a hidden sibling directory renamed into place
   whole for local paths, so an interrupted job never leaves a complete-looking dataset.
+  Staging folders are named after their host and process (`staging_path`), so the next run
+  removes those of a killed job (`remove_stale_staging`) and never those of a running one.
 - The DoFns: `RolloutEpisodeFn` (one play episode -> one .npz) and `WriteShardFn` (one
   row range -> one TFRecord shard plus its statistics).
 
@@ -20,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import uuid
 import warnings
 
@@ -30,6 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from data import stats as stats_lib
 from data.errors import DataError
+from pipeline import beam_runners
 
 STATS_DIR = ".stats"
 ERRORS_DIR = ".errors"
@@ -83,13 +88,15 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
 
 
-def pipeline_options(pipeline_args=()) -> PipelineOptions:
+def pipeline_options(pipeline_args=(), elements: int | None = None) -> PipelineOptions:
     """Beam options from command-line style args; DirectRunner unless --runner says otherwise.
 
-    Worker processes log at ERROR unless --default_sdk_harness_log_level says otherwise (below
-    that every local worker prints its start-up chatter).
+    `elements` (the number of elements the job creates) sizes the Dask runner's partitions; the
+    --runner shorthands are expanded as pipeline/beam_runners.py describes. Worker processes log
+    at ERROR unless --default_sdk_harness_log_level says otherwise (below that every local worker
+    prints its start-up chatter).
     """
-    args = list(pipeline_args)
+    args = beam_runners.runner_args(pipeline_args, elements)
     if not any(arg.startswith("--default_sdk_harness_log_level") for arg in args):
         args.append("--default_sdk_harness_log_level=ERROR")
     return PipelineOptions(args)
@@ -103,12 +110,18 @@ def _clean_data_error(message: str) -> DataError:
     return DataError(_BEAM_STEP_SUFFIX.sub("", message.strip()))
 
 
-def run_pipeline(build, pipeline_args=()) -> None:
-    """Runs `build(pipeline)` to completion. A DataError that escapes a worker (DoFns record
-    theirs instead, see `report_data_errors`) is raised here as a DataError with the worker's
-    message; Beam otherwise wraps it in runner-specific text."""
+def run_pipeline(build, pipeline_args=(), elements: int | None = None) -> None:
+    """Runs `build(pipeline)` to completion. `elements`: how many elements `build` creates.
+
+    The runner's workers are checked first (`beam_runners.check_workers`: a DataError instead of
+    a hang). A DataError that escapes a worker (DoFns record theirs instead, see
+    `report_data_errors`) is raised here as a DataError with the worker's message; Beam otherwise
+    wraps it in runner-specific text."""
+    args = beam_runners.runner_args(pipeline_args, elements)
+    beam_runners.check_workers(args)
+    options = pipeline_options(args)
     try:
-        with beam.Pipeline(options=pipeline_options(pipeline_args)) as pipeline:
+        with beam.Pipeline(options=options) as pipeline:
             build(pipeline)
     except DataError as error:
         raise _clean_data_error(str(error)) from None
@@ -155,10 +168,46 @@ def output_error(path: str, error: OSError) -> DataError:
                      f"{': ' + str(error.filename) if error.filename else ''}); choose a writable --output.")
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def staging_path(parent: str, prefix: str) -> str:
+    """A fresh hidden working folder name in `parent`: PREFIX.tmp-HOST-PID-XXXXXXXX."""
+    return join(parent, f"{prefix}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str, prefix: str) -> list:
+    """Removes the `staging_path(parent, prefix)` folders (and their '.old' trash) left by killed
+    jobs: those made on this host by a process that no longer runs. Returns the removed paths.
+    Remote filesystems are left alone (no process to ask about)."""
+    if is_remote(parent) or not os.path.isdir(parent):
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}(?:\.old)?$")
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        match = pattern.match(name)
+        if match and match["host"] == _host() and not _process_alive(int(match["pid"])):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
 class StagedDirectory:
     """A directory that appears at `final` only when complete.
 
-    Local: files go to a hidden sibling '.NAME.tmp-XXXX' that `publish` renames to `final`.
+    Local: files go to a hidden sibling '.NAME.tmp-HOST-PID-XXXXXXXX' that `publish` renames to
+    `final`; such siblings of killed jobs are removed first.
     An existing `final` may be an empty directory, or (with overwrite=True) a previous output,
     recognised by its `marker` file; any other existing directory is refused, so a mistyped
     --output never deletes unrelated files. Remote filesystems have no directory rename: files
@@ -178,7 +227,8 @@ class StagedDirectory:
             return
         self._check_replaceable(os.path.abspath(self.final))
         parent, name = os.path.split(os.path.abspath(self.final))
-        self.path = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        remove_stale_staging(parent, f".{name}")
+        self.path = staging_path(parent, f".{name}")
         try:
             os.makedirs(parent, exist_ok=True)
             os.makedirs(self.path)

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 
 import numpy as np
@@ -73,7 +72,7 @@ def _run_with_progress(build, pipeline_args, episodes_dir, total_episodes, episo
 
     def target():
         try:
-            beam_jobs.run_pipeline(build, pipeline_args)
+            beam_jobs.run_pipeline(build, pipeline_args, elements=total_episodes)
         except BaseException as error:  # re-raised in the caller's thread
             failure.append(error)
 
@@ -139,7 +138,9 @@ def _write_minari(family, dataset_id: str, episodes: list, root: str, env_spec) 
     import minari
 
     obs_dim, action_dim = episodes[0]["observations"].shape[1], episodes[0]["actions"].shape[1]
-    scratch = tempfile.mkdtemp(prefix=".minari-tmp-", dir=root)
+    beam_jobs.remove_stale_staging(root, ".minari")
+    scratch = beam_jobs.staging_path(root, ".minari")
+    os.makedirs(scratch)
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = scratch  # minari reads it at call time
     try:
@@ -212,7 +213,8 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
         except OSError as error:
             raise beam_jobs.output_error(output_dir, error) from None
 
-    work_dir = beam_jobs.join(output_dir, f".generate-tmp-{uuid.uuid4().hex[:8]}")
+    beam_jobs.remove_stale_staging(output_dir, ".generate")  # those of killed runs
+    work_dir = beam_jobs.staging_path(output_dir, ".generate")
     episodes_dir = beam_jobs.join(work_dir, beam_jobs.EPISODES_DIR)
     tasks = ([play_data.EpisodeTask("train", i, seed) for i in range(episodes)]
              + [play_data.EpisodeTask("val", i, seed) for i in range(val_episodes)])

@@ -126,7 +126,7 @@ def _write_dataset(checked: sources.Source, tasks: list, output_dir: str, pipeli
              | "Spread" >> beam.Reshuffle()
              | "Write" >> beam.ParDo(beam_jobs.WriteShardFn(checked, staged.path)))
 
-        beam_jobs.run_pipeline(build, pipeline_args)
+        beam_jobs.run_pipeline(build, pipeline_args, elements=len(tasks))
         beam_jobs.raise_recorded_errors(staged.path)
         checksums = {path: sources.sha256_file(path) for path in checked.files()}
         stats_dir = beam_jobs.join(staged.path, beam_jobs.STATS_DIR)
