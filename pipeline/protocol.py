@@ -214,12 +214,16 @@ def describe(summary: Sequence[dict], rows: Sequence[dict]) -> str:
     checkpoints = max((int(r["checkpoints"]) for r in summary if r["scope"] == "seed"), default=1)
     episodes = sorted({int(r["episodes"]) for r in rows if str(r["task"]) != "all"})
     eval_seeds = sorted({str(r["seed"]) for r in rows})
-    what = ("mean ± standard deviation across seeds of each seed's success (the mean over its checkpoints)"
-            if len(seeds) > 1 else
-            "success with its 95% Wilson interval over the pooled episodes of the checkpoints")
+    cell_seeds = {int(r["seeds"]) for r in summary if r["scope"] == "seeds"}
+    what = []
+    if any(n > 1 for n in cell_seeds):
+        what.append("mean ± standard deviation across seeds of each seed's success (the mean over its checkpoints)")
+    if 1 in cell_seeds:
+        what.append("x % [95% Wilson interval] for a cell with one seed (its checkpoints' episodes pooled)")
+    mean = " \"mean\": the mean over the tasks." if any(str(r["task"]) == "mean" for r in summary) else ""
     return (f"{len(seeds)} training seed(s) ({', '.join(seeds)}); the last {checkpoints} checkpoint(s) of each run; "
             f"{'/'.join(str(e) for e in episodes)} episodes per task, budget and checkpoint; evaluation seed "
-            f"{', '.join(eval_seeds)}. Cells in %: {what}. \"mean\": the mean over the tasks.")
+            f"{', '.join(eval_seeds)}. Cells in %: {'; '.join(what)}.{mean}")
 
 
 def plot_summary(summary: Sequence[dict], output_dir, title: str = "") -> Path:
