@@ -237,7 +237,7 @@ def run_grids(
                 if task not in [int(t) for t in tasks]:
                     continue
                 for c_index, cell in enumerate(cells):
-                    unit = f" run {u_index + 1}/{len(units)}" if len(units) > 1 else ""
+                    unit = f" source {u_index + 1}/{len(units)}" if len(units) > 1 else ""
                     bar.set_description(f"task {task} ({t_index + 1}/{len(all_tasks)}){unit} {cell.label} "
                                         f"({c_index + 1}/{len(cells)})")
                     if (u_index, cell) not in made:
