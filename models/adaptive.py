@@ -8,7 +8,10 @@ policy starts at k = 1 and doubles k while the critic still sees the action impr
 
 The threshold is relative to |Q| so one value means the same across environments whose returns
 differ in scale (cube-single: Q in [-100, 0]; reward scales differ by env). threshold = 0 doubles
-while Q strictly increases.
+while Q strictly increases. A row stops at the first k whose doubled action does not beat it by
+more than the threshold and returns a_k (gains inside the threshold are treated as critic noise),
+or reaches `max_euler_steps` and returns a_max_euler_steps. Rows stop independently; only rows still
+improving are integrated further (gathered, run, scattered back), so easy states cost little.
 
 The rule above (`compare="across_levels"`, the default) scores the two actions at two different critic
 inputs k and 2k, so a critic whose values drift with its k input alone moves the decision, whatever
@@ -17,10 +20,7 @@ the actions. `compare="same_level"` scores every action at one input, the cap:
     improving(k -> 2k)  <=>  Q(s, a_2k, cap) - Q(s, a_k, cap) > threshold * |Q(s, a_k, cap)|
 
 so only the actions differ. The cap, not 2k, is the common input: the kept action's score is then
-reused at the next level, and both rules cost one critic call per level tried. A row stops at the first k whose doubled action does not beat it by
-more than the threshold and returns a_k (gains inside the threshold are treated as critic noise),
-or reaches `max_euler_steps` and returns a_max_euler_steps. Rows stop independently; only rows still
-improving are integrated further (gathered, run, scattered back), so easy states cost little.
+reused at the next level, and both rules cost one critic call per level tried.
 
 Cost of a row that returns a_k: it evaluated levels 1, 2, ..., min(2k, max_euler_steps), i.e.
 `actor_evaluations` = 1 + 2 + ... (sum of those k) velocity calls and one Q call per level.

@@ -20,8 +20,8 @@ checkpoints; per seed the checkpoints are averaged, across seeds mean +- std (pi
 Writes to --output: for one checkpoint or export, scaling.csv (one row per task and budget, plus
 task=all rows pooling the tasks), success_vs_k.png, success_vs_N.png, success_vs_compute.png; for
 several checkpoints or with --protocol=paper, protocol_rows.csv (every evaluation), paper_summary.csv
-(per seed and across seeds, per task and the mean over tasks), paper_table.md, paper_success_vs_k.png; with --diagnostics also
-diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
+(per seed and across seeds, per task and the mean over tasks), paper_table.md, paper_success_vs_k.png;
+with --diagnostics also diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
 actions: Q of the actions taken against their Monte-Carlo returns, and the TD error on the
 validation split). The work is pipeline.scaling.run_evaluation.
 """

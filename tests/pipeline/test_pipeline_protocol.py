@@ -30,7 +30,8 @@ def wilson(successes, trials):
 
 
 def find(summary, scope, task, seed=""):
-    (r,) = [r for r in summary if r["scope"] == scope and str(r["task"]) == str(task) and str(r["train_seed"]) == str(seed)]
+    (r,) = [r for r in summary
+            if r["scope"] == scope and str(r["task"]) == str(task) and str(r["train_seed"]) == str(seed)]
     return r
 
 
