@@ -135,9 +135,9 @@ def _seed_row(key, task, seed, group) -> dict:
     episodes = sum(int(r["episodes"]) for r in group)
     successes = sum(int(r["successes"]) for r in group)
     low, high = scaling.wilson_interval(successes, episodes)
-    steps = sorted({int(r["checkpoint_step"]) for r in group})
+    steps = sorted({str(r["checkpoint_step"]) for r in group}, key=lambda s: (len(s), s))  # "" for an export
     return dict(_base(key, task, "seed", seed, [r["run"] for r in group]), seeds=1, checkpoints=len(group),
-                checkpoint_steps=";".join(str(s) for s in steps), episodes=episodes, successes=successes,
+                checkpoint_steps=";".join(steps), episodes=episodes, successes=successes,
                 success_rate=float(np.mean([int(r["successes"]) / int(r["episodes"]) for r in group])),
                 success_ci_low=low, success_ci_high=high, success_std="")
 

@@ -275,3 +275,13 @@ def test_protocol_defaults_and_adaptive_compare_flag(capsys):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--workdir=a", "--adaptive_compare=cap"])
     assert "--adaptive_compare='cap': expected a comma list" in capsys.readouterr().err
+
+
+def test_paper_protocol_on_an_export(run_dir, tmp_path):
+    out = tmp_path / "export"
+    evaluate.main([f"--saved_model={run_dir / 'export'}", *PROTOCOL, "--euler_steps=1", f"--output={out}"])
+    (seed_row, across) = scaling.read_csv(out / "paper_summary.csv")
+    assert (seed_row["scope"], seed_row["train_seed"], seed_row["task"], seed_row["checkpoint_steps"]) == (
+        "seed", "5", "2", "")
+    assert across["scope"] == "seeds" and "| k=1 | " in (out / "paper_table.md").read_text()
+    assert (out / "scaling.csv").exists()
