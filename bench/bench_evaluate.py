@@ -2,11 +2,13 @@
 
     python -m bench.bench_evaluate --episodes=50 --num_envs=1,5,10,25 --vectorization=sync,async
     python -m bench.bench_evaluate --policy=agent --euler_steps=4  # a fresh paper-size SORLAgent
+    python -m bench.bench_evaluate --policy=agent --num_envs=10,25,50  # evaluate.py --protocol=paper's cells
 
 Each configuration runs once to warm up (worker start-up, MuJoCo compilation, tracing; reported
 as `startup_s`) and then `--repeats` times; the median is reported. `--policy=random` measures the
 environment alone; `--policy=agent` adds batched SORL inference (untrained weights: same cost).
-Run it on a quiet machine: the numbers are only comparable with each other.
+Run it on a quiet machine: the numbers are only comparable with each other. Each row also records the
+CPU count and the 1-minute load average before it ran (other jobs on the machine slow every row).
 """
 
 import argparse
@@ -59,7 +61,7 @@ def parse_args(argv):
     p.add_argument("--policy", default="random", choices=["random", "agent"])
     p.add_argument("--euler_steps", "--steps", type=int, default=4, help="Euler steps of the agent policy")
     p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -79,6 +81,7 @@ def main(argv=None):
             run = lambda: rollouts.evaluate_policy(  # noqa: E731
                 policy, args.env, args.task, args.episodes, seed=0, num_envs=num_envs,
                 episode_length=args.episode_length, vectorization=vectorization)
+            load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             run()
             startup = time.perf_counter() - t0
@@ -94,7 +97,7 @@ def main(argv=None):
                        episodes_per_s=round(args.episodes / median, 2),
                        env_steps_per_s=round(steps / median, 1),
                        policy_share=round(statistics.median(policy_seconds) / median, 3),
-                       startup_s=round(startup - median, 2))
+                       startup_s=round(startup - median, 2), cpus=os.cpu_count(), load_1m=round(load_before, 2))
             results.append(row)
             print(json.dumps(row), flush=True)
             environments.close_environments()

@@ -13,6 +13,15 @@ more than the threshold and returns a_k (gains inside the threshold are treated 
 or reaches `max_euler_steps` and returns a_max_euler_steps. Rows stop independently; only rows still
 improving are integrated further (gathered, run, scattered back), so easy states cost little.
 
+The rule above (`compare="across_levels"`, the default) scores the two actions at two different critic
+inputs k and 2k, so a critic whose values drift with its k input alone moves the decision, whatever
+the actions. `compare="same_level"` scores every action at one input, the cap:
+
+    improving(k -> 2k)  <=>  Q(s, a_2k, cap) - Q(s, a_k, cap) > threshold * |Q(s, a_k, cap)|
+
+so only the actions differ. The cap, not 2k, is the common input: the kept action's score is then
+reused at the next level, and both rules cost one critic call per level tried.
+
 Cost of a row that returns a_k: it evaluated levels 1, 2, ..., min(2k, max_euler_steps), i.e.
 `actor_evaluations` = 1 + 2 + ... (sum of those k) velocity calls and one Q call per level.
 
@@ -37,8 +46,18 @@ def step_levels(max_euler_steps: int) -> list[int]:
     return [2**i for i in range(max_euler_steps.bit_length())]
 
 
+COMPARE_RULES = ("across_levels", "same_level")
+
+
+def check_compare(compare: str) -> str:
+    if compare not in COMPARE_RULES:
+        raise ValueError(f"compare={compare!r}: the adaptive rule compares 'across_levels' (Q(s, a_2k, 2k) vs "
+                         f"Q(s, a_k, k)) or at the 'same_level' (both at the cap)")
+    return compare
+
+
 def adaptive_act(agent, observations, noise=None, max_euler_steps: int = 8, threshold: float = 0.0, seed=None,
-                 cap_step_level: bool = False):
+                 cap_step_level: bool = False, compare: str = "across_levels"):
     """Actions with a per-observation number of Euler steps chosen by the critic.
 
     Args:
@@ -51,12 +70,16 @@ def adaptive_act(agent, observations, noise=None, max_euler_steps: int = 8, thre
       threshold: python float or scalar tensor, relative Q-gain threshold (see module docstring).
       seed: optional int scalar (tensor) for stateless noise when `noise` is None.
       cap_step_level: passed to agent.act (keeps d at most log2(m_disc) for k > m_disc).
+      compare: "across_levels" scores a_k at critic input k; "same_level" scores every a_k at
+        max_euler_steps (see module docstring).
 
     Returns:
       (actions [B, A] float32 in [-1, 1], steps_used [B] int32): the Euler steps of each returned
       action (1 <= steps_used <= max_euler_steps).
     """
     levels = step_levels(max_euler_steps)
+    check_compare(compare)
+    q_level = (lambda k: levels[-1]) if compare == "same_level" else (lambda k: k)
     observations = tf.convert_to_tensor(observations, tf.float32)
     batch = tf.shape(observations)[0]
     if noise is None:
@@ -67,7 +90,7 @@ def adaptive_act(agent, observations, noise=None, max_euler_steps: int = 8, thre
     threshold = tf.cast(threshold, tf.float32)
 
     actions = agent.act(observations, euler_steps=1, num_samples=1, noise=noise, cap_step_level=cap_step_level)
-    q_current = _q(agent, observations, actions, 1)
+    q_current = _q(agent, observations, actions, q_level(1))
     steps_used = tf.ones([batch], tf.int32)
     active = tf.range(batch)  # rows still improving
 
@@ -77,7 +100,7 @@ def adaptive_act(agent, observations, noise=None, max_euler_steps: int = 8, thre
             obs_k = tf.gather(observations, active)
             candidate = agent.act(obs_k, euler_steps=k, num_samples=1, noise=tf.gather(noise, active),
                                   cap_step_level=cap_step_level)
-            q_candidate = _q(agent, obs_k, candidate, k)
+            q_candidate = _q(agent, obs_k, candidate, q_level(k))
             q_before = tf.gather(q_current, active)
             improving = q_candidate - q_before > threshold * tf.abs(q_before)
             kept = tf.boolean_mask(rows, improving)

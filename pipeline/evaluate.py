@@ -3,6 +3,7 @@
     python pipeline/evaluate.py --workdir=RUN --task=all --episodes=50 --output=RUN/scaling
     python pipeline/evaluate.py --saved_model=RUN/export/1 --euler_steps=1,2,4,8 --candidates=1,4
     python pipeline/evaluate.py --workdir=RUN --adaptive_threshold=0,0.001 --diagnostics
+    python pipeline/evaluate.py --protocol=paper --workdir=RUN_S0,RUN_S1,RUN_S2 --last_checkpoints=3
 
 Budgets: Euler steps k (--euler_steps, default 1,2,4,8,16,32; --steps is its old spelling) crossed
 with best-of-N candidates ranked by the critic (--candidates, default 1,2,4,8,16), plus one adaptive
@@ -11,9 +12,16 @@ through `agent.act`; a SavedModel (--saved_model) needs a signature per budget
 (act_k{k}[_best_of_{N}], seeded twins used when present). Same model, same seed: same numbers (a
 checkpoint and its export agree too).
 
-Writes to --output: scaling.csv (one row per task and budget, plus task=all rows pooling the tasks),
-success_vs_k.png, success_vs_N.png, success_vs_compute.png; with --diagnostics also
-diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
+The paper's protocol (--protocol=paper: --episodes=50 --euler_steps=1,2,4,8 --candidates=1 unless
+given): several run directories (--workdir repeated or comma-separated, one per training seed and
+task), each evaluated on its own task (or on every --task given) at its last --last_checkpoints
+checkpoints; per seed the checkpoints are averaged, across seeds mean +- std (pipeline/protocol.py).
+
+Writes to --output: for one checkpoint or export, scaling.csv (one row per task and budget, plus
+task=all rows pooling the tasks), success_vs_k.png, success_vs_N.png, success_vs_compute.png; for
+several checkpoints or with --protocol=paper, protocol_rows.csv (every evaluation), paper_summary.csv
+(per seed and across seeds, per task and the mean over tasks), paper_table.md, paper_success_vs_k.png;
+with --diagnostics also diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
 actions: Q of the actions taken against their Monte-Carlo returns, and the TD error on the
 validation split). The work is pipeline.scaling.run_evaluation.
 """
@@ -32,6 +40,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ALL_TASKS = (1, 2, 3, 4, 5)
 DEFAULT_EULER_STEPS = "1,2,4,8,16,32"
+DEFAULT_CANDIDATES = "1,2,4,8,16"
+DEFAULT_EPISODES = 50
+# --protocol=paper: the paper's table (SORL Table 1: k in {1, 2, 4, 8}, 50 episodes per task)
+PAPER_PROTOCOL = dict(euler_steps="1,2,4,8", candidates="1", episodes=DEFAULT_EPISODES)
+ADAPTIVE_COMPARE_RULES = ("across_levels", "same_level")  # models.adaptive.COMPARE_RULES
 
 
 def parse_int_list(text: str, flag: str) -> list:
@@ -65,21 +78,32 @@ def parse_tasks(text: Optional[str]) -> Optional[list]:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workdir", help="training run directory (config.json, checkpoints/)")
+    source.add_argument("--workdir", action="append",
+                        help="training run directory (config.json, checkpoints/); repeat it or give a comma list "
+                             "for several runs (one per training seed and task)")
     source.add_argument("--saved_model", help="exported SavedModel version folder (MODEL_BASE_PATH/N), or the "
                                               "base path (newest version)")
     p.add_argument("--checkpoint", help="checkpoint path inside --workdir (default: the latest)")
+    p.add_argument("--last_checkpoints", type=int, default=None,
+                   help="evaluate each run's last N checkpoints and average them per seed (the paper: 3)")
+    p.add_argument("--protocol", choices=["paper"], default=None,
+                   help="the paper's table: --episodes=50 --euler_steps=1,2,4,8 --candidates=1 unless given; "
+                        "writes paper_summary.csv, paper_table.md, paper_success_vs_k.png")
     p.add_argument("--env", help="OGBench dataset family or alias (default: the run's; cube-single-play for a "
                                  "SavedModel outside a run directory)")
-    p.add_argument("--task", help="task id 1..5, a comma list, or 'all' (default: the run's task)")
+    p.add_argument("--task", help="task id 1..5, a comma list, or 'all' (default: each run's own task)")
     p.add_argument("--euler_steps", help=f"Euler step counts k (comma list; default {DEFAULT_EULER_STEPS})")
     p.add_argument("--steps", dest="deprecated_steps", help="deprecated spelling of --euler_steps")
-    p.add_argument("--candidates", default="1,2,4,8,16", help="best-of-N candidate counts N (comma list)")
+    p.add_argument("--candidates", help=f"best-of-N candidate counts N (comma list; default {DEFAULT_CANDIDATES})")
     p.add_argument("--adaptive_threshold", default="",
                    help="adaptive-budget rows, one per relative Q-gain threshold (comma list; empty: none)")
     p.add_argument("--adaptive_max_steps", type=int, default=8,
                    help="cap on the Euler steps k of the adaptive rows (power of 2)")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per task and budget (the paper: 50)")
+    p.add_argument("--adaptive_compare", default="across_levels",
+                   help="the adaptive rule's critic inputs, a comma list: across_levels (Q(s, a_2k, 2k) vs "
+                        "Q(s, a_k, k)) and/or same_level (both at the cap); one row per threshold and rule")
+    p.add_argument("--episodes", type=int, help=f"episodes per task and budget (default {DEFAULT_EPISODES}, "
+                                                 "the paper's)")
     p.add_argument("--num_envs", type=int, default=None, help="episodes in flight (default 10)")
     p.add_argument("--vectorization", default="auto", choices=["auto", "sync", "async"],
                    help="gymnasium vector env: one process (sync) or a worker per env (async)")
@@ -105,9 +129,23 @@ def parse_args(argv):
             p.error("--steps is the old spelling of --euler_steps: pass only --euler_steps")
         print("evaluate.py: --steps is deprecated (it means Euler steps): use --euler_steps", file=sys.stderr)
         args.euler_steps, euler_steps_flag = args.deprecated_steps, "--steps"
+    defaults = PAPER_PROTOCOL if args.protocol == "paper" else dict(
+        euler_steps=DEFAULT_EULER_STEPS, candidates=DEFAULT_CANDIDATES, episodes=DEFAULT_EPISODES)
+    if args.episodes is None:
+        args.episodes = defaults["episodes"]
+    if args.workdir is not None:
+        args.workdir = [w.strip() for flag in args.workdir for w in flag.split(",") if w.strip()]
+        if not args.workdir:
+            p.error("--workdir: give one or more run directories")
+    compare = [c.strip() for c in args.adaptive_compare.split(",") if c.strip()]
+    if not compare or any(c not in ADAPTIVE_COMPARE_RULES for c in compare):
+        p.error(f"--adaptive_compare={args.adaptive_compare!r}: expected a comma list of {ADAPTIVE_COMPARE_RULES}")
+    args.adaptive_compare = compare
+    if args.last_checkpoints is not None and args.last_checkpoints < 1:
+        p.error(f"--last_checkpoints={args.last_checkpoints}: evaluate at least one checkpoint per run")
     try:
-        args.euler_steps = parse_int_list(args.euler_steps or DEFAULT_EULER_STEPS, euler_steps_flag)
-        args.candidates = parse_int_list(args.candidates, "--candidates")
+        args.euler_steps = parse_int_list(args.euler_steps or defaults["euler_steps"], euler_steps_flag)
+        args.candidates = parse_int_list(args.candidates or defaults["candidates"], "--candidates")
         args.adaptive_threshold = parse_float_list(args.adaptive_threshold, "--adaptive_threshold")
         args.task = parse_tasks(args.task)
     except argparse.ArgumentTypeError as error:
@@ -132,11 +170,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             num_envs=args.num_envs, episode_length=args.episode_length, vectorization=args.vectorization,
             output=args.output, grid=not args.diagnostics_only, diagnostics=args.diagnostics,
             diagnostics_euler_steps=args.diagnostics_steps, data_dir=args.data, val_batches=args.val_batches,
-            show_progress=not args.no_progress)
+            show_progress=not args.no_progress, last_checkpoints=args.last_checkpoints,
+            adaptive_compare=args.adaptive_compare, paper_table=args.protocol == "paper")
     except scaling.EvaluationError as error:
         raise SystemExit(f"evaluate.py: {error}") from None
     if "table" in summary:
         print(summary["table"])
+    if "paper_table" in summary:
+        print(summary["paper_table"])
     if "diagnostics" in summary:
         print(json.dumps(diagnostics.json_ready(summary["diagnostics"]), indent=1))
     print(f"Wrote {summary['output']}")

@@ -107,17 +107,21 @@ def make_agent_policy(agent, euler_steps: int, num_samples: int = 1, cap_step_le
     return RowSeededPolicy(act, f"agent k={euler_steps} N={num_samples}{capped}")
 
 
-def make_adaptive_policy(agent, max_euler_steps: int = 8, threshold: float = 0.0) -> AdaptivePolicy:
-    """The adaptive-budget policy over a trained agent, traced once (noise as make_agent_policy's)."""
+def make_adaptive_policy(agent, max_euler_steps: int = 8, threshold: float = 0.0,
+                         compare: str = "across_levels") -> AdaptivePolicy:
+    """The adaptive-budget policy over a trained agent, traced once (noise as make_agent_policy's);
+    `compare`: the rule's critic inputs (models.adaptive.adaptive_act)."""
     action_dim = int(agent.action_dim)
+    adaptive.check_compare(compare)
 
     @tf.function(input_signature=_input_signature(agent))
     def act(observations, seeds):
         noise = row_seeded_noise(seeds, 1, action_dim)
         return adaptive.adaptive_act(agent, observations, noise=noise, max_euler_steps=max_euler_steps,
-                                     threshold=threshold)
+                                     threshold=threshold, compare=compare)
 
-    return AdaptivePolicy(act, f"adaptive k<={max_euler_steps} thr={threshold:g}", max_euler_steps)
+    rule = "" if compare == "across_levels" else f" {compare}"
+    return AdaptivePolicy(act, f"adaptive k<={max_euler_steps} thr={threshold:g}{rule}", max_euler_steps)
 
 
 def load_saved_model(saved_model_dir):

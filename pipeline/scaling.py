@@ -29,7 +29,7 @@ Z_95 = 1.959963984540054  # standard normal quantile at 0.975
 
 CSV_COLUMNS = (
     "task",                     # OGBench task id, or "all" (episodes pooled over the tasks evaluated)
-    "policy",                   # "fixed" (k steps, best of N) or "adaptive"
+    "policy",                   # "fixed" (k steps, best of N), "adaptive" or "adaptive-same_level" (the rule's compare)
     "k",                        # Euler steps (fixed), or the step cap (adaptive)
     "N",                        # candidates per observation (best of N ranked by the critic)
     "threshold",                # adaptive: relative Q-gain threshold; empty for fixed budgets
@@ -52,18 +52,28 @@ CSV_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One budget of the grid: k Euler steps, best of N; or adaptive with a cap and a threshold."""
+    """One budget of the grid: k Euler steps, best of N; or adaptive with a cap, a threshold and the
+    rule's critic inputs (`compare`, models.adaptive.COMPARE_RULES)."""
 
     k: int
     N: int = 1
     adaptive: bool = False
     threshold: float = 0.0
+    compare: str = "across_levels"
 
     @property
     def label(self) -> str:
         if self.adaptive:
-            return f"adaptive(k<={self.k}, thr={self.threshold:g})"
+            rule = "" if self.compare == "across_levels" else f", {self.compare}"
+            return f"adaptive(k<={self.k}, thr={self.threshold:g}{rule})"
         return f"k={self.k} N={self.N}"
+
+    @property
+    def policy(self) -> str:
+        """The CSV's policy column: "fixed", "adaptive" (today's rule) or "adaptive-<compare>"."""
+        if not self.adaptive:
+            return "fixed"
+        return "adaptive" if self.compare == "across_levels" else f"adaptive-{self.compare}"
 
     @property
     def actor_calls(self) -> int:
@@ -75,14 +85,19 @@ class Cell:
 
 
 def budget_grid(euler_steps: Iterable[int] = DEFAULT_EULER_STEPS, candidates: Iterable[int] = DEFAULT_CANDIDATES,
-                adaptive_thresholds: Iterable[float] = (), adaptive_max_euler_steps: int = 8) -> list[Cell]:
-    """Every (k, N) pair, then one adaptive cell per threshold."""
+                adaptive_thresholds: Iterable[float] = (), adaptive_max_euler_steps: int = 8,
+                adaptive_compare: Iterable[str] = ("across_levels",)) -> list[Cell]:
+    """Every (k, N) pair, then one adaptive cell per threshold and rule."""
+    from models.adaptive import check_compare
+
     euler_steps, candidates = [int(k) for k in euler_steps], [int(n) for n in candidates]
     for name, values in (("euler_steps", euler_steps), ("candidates", candidates)):
         if not values or any(v < 1 for v in values):
             raise ValueError(f"--{name}={values}: give one or more positive integers")
+    rules = [check_compare(c) for c in adaptive_compare]
     cells = [Cell(k, n) for k in euler_steps for n in candidates]
-    cells += [Cell(int(adaptive_max_euler_steps), 1, adaptive=True, threshold=float(t)) for t in adaptive_thresholds]
+    cells += [Cell(int(adaptive_max_euler_steps), 1, adaptive=True, threshold=float(t), compare=rule)
+              for t in adaptive_thresholds for rule in rules]
     return cells
 
 
@@ -113,7 +128,7 @@ def cell_row(task, cell: Cell, result: dict, seed: int, cost: Optional[dict] = N
     cost = cost or dict(mean_steps=cell.k, actor_calls=cell.actor_calls, critic_calls=cell.critic_calls)
     return dict(
         task=task,
-        policy="adaptive" if cell.adaptive else "fixed",
+        policy=cell.policy,
         k=cell.k,
         N=cell.N,
         threshold=cell.threshold if cell.adaptive else "",
@@ -188,31 +203,63 @@ def run_grid(
     A policy may expose `cost()` -> dict(mean_steps, actor_calls, critic_calls) measured since
     its `reset_cost()` (the adaptive policy does); the runner resets it before each task.
     """
-    from tqdm import tqdm
-
-    rows = []
-    policies: dict = {}
-    total = len(tasks) * len(cells) * episodes
-    with tqdm(total=total, unit="ep", disable=not show_progress, dynamic_ncols=True) as bar:
-        for t_index, task in enumerate(tasks):
-            for c_index, cell in enumerate(cells):
-                bar.set_description(
-                    f"task {task} ({t_index + 1}/{len(tasks)}) {cell.label} ({c_index + 1}/{len(cells)})")
-                if cell not in policies:
-                    policies[cell] = make_policy(cell)
-                policy = policies[cell]
-                if hasattr(policy, "reset_cost"):
-                    policy.reset_cost()
-                result = rollouts.evaluate_policy(
-                    policy, env, task, episodes, seed, num_envs=num_envs, episode_length=episode_length,
-                    vectorization=vectorization, progress=bar.update)
-                cost = policy.cost() if hasattr(policy, "cost") else None
-                row = cell_row(task, cell, result, seed, cost)
-                rows.append(row)
-                bar.set_postfix(success=f"{row['success_rate']:.2f}")
+    (rows,) = run_grids([(make_policy, tasks)], env, cells, episodes, seed, num_envs=num_envs,
+                        episode_length=episode_length, vectorization=vectorization, show_progress=show_progress)
     if len(tasks) > 1:
         rows += pooled_rows(rows)
     return rows
+
+
+def run_grids(
+    units: Sequence[tuple],
+    env,
+    cells: Sequence[Cell],
+    episodes: int,
+    seed: int,
+    num_envs: Optional[int] = None,
+    episode_length: Optional[int] = None,
+    vectorization: str = "auto",
+    show_progress: bool = True,
+) -> list[list[dict]]:
+    """`run_grid` for several policy sources at once (the checkpoints of several runs): units are
+    (make_policy, tasks) pairs; returns each unit's rows, one per (task, cell), tasks in order,
+    without pooled rows. The work runs task by task, so one vector env (its worker processes
+    and compiled models) serves every unit evaluated on that task."""
+    from tqdm import tqdm
+
+    all_tasks = list(dict.fromkeys(int(t) for _, tasks in units for t in tasks))  # first-seen order
+    rows: list = [[] for _ in units]
+    made: dict = {}
+    total = sum(len(tasks) for _, tasks in units) * len(cells) * episodes
+    with tqdm(total=total, unit="ep", disable=not show_progress, dynamic_ncols=True) as bar:
+        for t_index, task in enumerate(all_tasks):
+            for u_index, (make_policy, tasks) in enumerate(units):
+                if task not in [int(t) for t in tasks]:
+                    continue
+                for c_index, cell in enumerate(cells):
+                    unit = f" source {u_index + 1}/{len(units)}" if len(units) > 1 else ""
+                    bar.set_description(f"task {task} ({t_index + 1}/{len(all_tasks)}){unit} {cell.label} "
+                                        f"({c_index + 1}/{len(cells)})")
+                    if (u_index, cell) not in made:
+                        made[u_index, cell] = make_policy(cell)
+                    row = evaluate_cell(made[u_index, cell], env, task, cell, episodes, seed, num_envs=num_envs,
+                                        episode_length=episode_length, vectorization=vectorization,
+                                        progress=bar.update)
+                    rows[u_index].append(row)
+                    bar.set_postfix(success=f"{row['success_rate']:.2f}")
+    return rows
+
+
+def evaluate_cell(policy, env, task, cell: Cell, episodes: int, seed: int, num_envs: Optional[int] = None,
+                  episode_length: Optional[int] = None, vectorization: str = "auto", progress=None) -> dict:
+    """One CSV row: `episodes` episodes of `policy` (cell's budget) on `task`."""
+    if hasattr(policy, "reset_cost"):
+        policy.reset_cost()
+    result = rollouts.evaluate_policy(
+        policy, env, task, episodes, seed, num_envs=num_envs, episode_length=episode_length,
+        vectorization=vectorization, progress=progress)
+    cost = policy.cost() if hasattr(policy, "cost") else None
+    return cell_row(task, cell, result, seed, cost)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +300,7 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
     shown_task = "all" if "all" in tasks else sorted(tasks)[0]
     shown = [r for r in rows if str(r["task"]) == shown_task]
     fixed = [r for r in shown if r["policy"] == "fixed"]
-    adaptive = [r for r in shown if r["policy"] == "adaptive"]
+    adaptive = [r for r in shown if r["policy"].startswith("adaptive")]
     suffix = f" (task {shown_task})" if shown_task != "all" else " (mean over tasks)"
     paths = []
 
@@ -292,7 +339,8 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
         group = [r for r in fixed if int(r["N"]) == n]
         errorbar(ax, group, "compute_per_action", f"N={n} (k varies)", marker="o", linestyle=":")
     for r in adaptive:
-        errorbar(ax, [r], "compute_per_action", f"adaptive k<={r['k']} thr={float(r['threshold']):g} "
+        rule = r["policy"][len("adaptive-"):] + " " if r["policy"] != "adaptive" else ""
+        errorbar(ax, [r], "compute_per_action", f"adaptive {rule}k<={r['k']} thr={float(r['threshold']):g} "
                  f"(mean k {float(r['mean_steps']):.2f})", marker="*", markersize=12, linestyle="none")
     finish(fig, ax, "network evaluations per action (actor + critic)", "success_vs_compute.png")
     return paths
@@ -348,7 +396,7 @@ class CheckpointSource:
 
     def make_policy(self, cell):
         if cell.adaptive:
-            return policies.make_adaptive_policy(self.agent, cell.k, cell.threshold)
+            return policies.make_adaptive_policy(self.agent, cell.k, cell.threshold, compare=cell.compare)
         return policies.make_agent_policy(self.agent, cell.k, cell.N, cap_step_level=self.cap_step_level)
 
     def check_cells(self, cells):
@@ -417,6 +465,49 @@ def open_source(workdir=None, saved_model=None, checkpoint=None, cap_step_level:
         raise EvaluationError(str(error)) from None
 
 
+def open_sources(workdirs: Sequence = (), saved_model=None, checkpoint=None, last_checkpoints: Optional[int] = None,
+                 cap_step_level: bool = False) -> list:
+    """The sources of one evaluation: an export, one checkpoint of one run (`checkpoint`, default the
+    latest), or the last `last_checkpoints` checkpoints of each run of `workdirs` (the paper's protocol:
+    one run per training seed), in that order. EvaluationError naming what is wrong otherwise."""
+    from pipeline import protocol
+
+    workdirs = [Path(w) for w in workdirs]
+    if saved_model is not None or not workdirs:
+        if workdirs:
+            raise EvaluationError("pass exactly one of --workdir (training runs) and --saved_model (an export)")
+        if last_checkpoints is not None:
+            raise EvaluationError("--last_checkpoints applies to --workdir runs; an export is one model")
+        return [open_source(None, saved_model, checkpoint, cap_step_level)]
+    if checkpoint is not None and (len(workdirs) > 1 or last_checkpoints is not None):
+        raise EvaluationError("--checkpoint names one checkpoint of one run: drop it to evaluate several runs or "
+                              "their last checkpoints (--last_checkpoints)")
+    resolved = [w.resolve() for w in workdirs]
+    repeated = sorted({str(w) for w in workdirs if resolved.count(w.resolve()) > 1})
+    if repeated:
+        raise EvaluationError(f"--workdir lists {repeated} more than once: pass each run (seed) once")
+    sources = []
+    for workdir in workdirs:
+        if last_checkpoints is None:
+            paths = [checkpoint]
+        else:
+            try:
+                paths = protocol.last_checkpoints(workdir, int(last_checkpoints))
+            except ValueError as error:
+                raise EvaluationError(f"--last_checkpoints: {error}") from None
+        sources += [open_source(workdir, None, path, cap_step_level) for path in paths]
+    return sources
+
+
+def source_identity(source) -> dict:
+    """The run, training seed and checkpoint step a source's rows are labelled with (protocol rows)."""
+    run_config = source.run_config
+    if isinstance(source, CheckpointSource):
+        return dict(run=str(source.workdir), train_seed=source.agent_config.seed, checkpoint_step=source.step)
+    return dict(run=str(source.path), train_seed=run_config.agent.seed if run_config is not None else "",
+                checkpoint_step="")
+
+
 def default_output(source) -> Path:
     """RUN/scaling for a checkpoint; artifacts/evaluate/<model>-<version> for an export."""
     if isinstance(source, CheckpointSource):
@@ -447,47 +538,87 @@ def run_evaluation(
     data_dir=None,
     val_batches: int = 20,
     show_progress: bool = True,
+    last_checkpoints: Optional[int] = None,
+    adaptive_compare: Sequence[str] = ("across_levels",),
+    paper_table: bool = False,
 ) -> dict:
-    """Evaluate a checkpoint (`workdir`, any budget) or an export (`saved_model`, the budgets it has
-    signatures for) over the budget grid, and optionally the critic diagnostics (checkpoints only).
+    """Evaluate a checkpoint (`workdir`, any budget), the last checkpoints of several runs (`workdir`
+    a list of run directories, one per training seed; `last_checkpoints`), or an export
+    (`saved_model`, the budgets it has signatures for) over the budget grid, and optionally the
+    critic diagnostics (one checkpoint only).
 
-    env and tasks default to the run's (DEFAULT_ENV and DEFAULT_TASK for an export outside a run
-    directory); data_dir (for the TD error) to the run's prepared data; diagnostics_euler_steps to
-    the agent's inference_euler_steps; output to `default_output(source)`.
+    env defaults to the runs' (they must agree; DEFAULT_ENV for an export outside a run directory);
+    tasks to each run's own task (DEFAULT_TASK for an export without a run), else every run is
+    evaluated on every task given; data_dir (for the TD error) to the run's prepared data;
+    diagnostics_euler_steps to the agent's inference_euler_steps; output to `default_output(source)`
+    for one run or export, artifacts/evaluate/paper-<env> for several runs.
 
-    Writes to `output`: with `grid`, scaling.csv and the plots of `plot_scaling`; with
-    `diagnostics`, q_vs_return_task{T}.csv/.png per task and diagnostics.json.
-    Returns a summary: source, env, tasks, output; with `grid` csv, plots, rows (count), seconds,
-    table (format_table's text); with `diagnostics` the per-task diagnostics summaries.
-    Raises EvaluationError for a request the source cannot serve (the message says what to pass).
+    Writes to `output`: with `grid` and one source (one run's checkpoint, or an export), scaling.csv
+    and the plots of `plot_scaling`; with `grid` and several sources (runs or checkpoints), or with
+    `paper_table`, also the protocol's outputs (pipeline/protocol.py: protocol_rows.csv,
+    paper_summary.csv, paper_table.md, paper_success_vs_k.png); with `diagnostics`,
+    q_vs_return_task{T}.csv/.png per task and diagnostics.json.
+    Returns a summary: source, env, tasks, output; with `grid` rows (count), seconds, and for one source
+    csv, plots and table (format_table's text); with the protocol's outputs their paths and
+    paper_table (the markdown); with `diagnostics` the per-task diagnostics summaries.
+    Raises EvaluationError for a request the sources cannot serve (the message says what to pass).
     """
     from pipeline import diagnostics as critic_diagnostics
-    from pipeline import environments
+    from pipeline import environments, protocol
 
-    source = open_source(workdir, saved_model, checkpoint, cap_step_level)
+    workdirs = [] if workdir is None else [workdir] if isinstance(workdir, (str, Path)) else list(workdir)
+    sources = open_sources(workdirs, saved_model, checkpoint, last_checkpoints, cap_step_level)
+    source = sources[0]
     if diagnostics and not isinstance(source, CheckpointSource):
         raise EvaluationError("--diagnostics needs the critic: pass --workdir=RUN (a checkpoint), not --saved_model")
-    run_data = source.run_config.data if source.run_config is not None else None
+    if diagnostics and len(sources) > 1:
+        raise EvaluationError("--diagnostics measures one checkpoint: pass one --workdir, without --last_checkpoints")
+    run_data = [s.run_config.data if s.run_config is not None else None for s in sources]
     try:
-        env = env_families.resolve_env(env or (run_data.env if run_data else None) or DEFAULT_ENV).name
+        names = {env_families.resolve_env(env or (data.env if data else None) or DEFAULT_ENV).name for data in run_data}
     except ValueError as error:
         raise EvaluationError(f"--env: {error}") from None
-    tasks = list(tasks) if tasks else [int((run_data.task if run_data else None) or DEFAULT_TASK)]
-    output = Path(output) if output else default_output(source)
+    if len(names) > 1:
+        raise EvaluationError(f"the runs are of different environments ({sorted(names)}): evaluate each "
+                              "environment on its own, or pass --env")
+    env = names.pop()
+    source_tasks = [list(tasks) if tasks else [int((data.task if data else None) or DEFAULT_TASK)]
+                    for data in run_data]
+    all_tasks = sorted({t for ts in source_tasks for t in ts})
+    several = len(sources) > 1
+    output = Path(output) if output else (Path("artifacts") / "evaluate" / f"paper-{env}" if several
+                                          else default_output(source))
     output.mkdir(parents=True, exist_ok=True)
-    summary = dict(source=source.description, env=env, tasks=tasks, output=str(output))
+    description = source.description if not several else f"{len(sources)} checkpoints of {len(workdirs)} run(s)"
+    summary = dict(source=description, env=env, tasks=all_tasks, output=str(output))
 
     try:
         if grid:
-            cells = budget_grid(euler_steps, candidates, adaptive_thresholds, adaptive_max_euler_steps)
-            source.check_cells(cells)
+            cells = budget_grid(euler_steps, candidates, adaptive_thresholds, adaptive_max_euler_steps,
+                                adaptive_compare)
+            for s in sources:
+                s.check_cells(cells)
             start = time.perf_counter()
-            rows = run_grid(source.make_policy, env, tasks, cells, episodes, seed, num_envs=num_envs,
-                            episode_length=episode_length, vectorization=vectorization, show_progress=show_progress)
-            csv_path = write_csv(rows, output / "scaling.csv")
-            plots = plot_scaling(rows, output, title=f"{env}")
-            summary.update(csv=str(csv_path), plots=[str(p) for p in plots], rows=len(rows),
-                           seconds=round(time.perf_counter() - start, 1), table=format_table(rows))
+            per_source = run_grids([(s.make_policy, ts) for s, ts in zip(sources, source_tasks)], env, cells,
+                                   episodes, seed, num_envs=num_envs, episode_length=episode_length,
+                                   vectorization=vectorization, show_progress=show_progress)
+            summary.update(rows=sum(len(rows) for rows in per_source))
+            if not several:
+                rows = per_source[0] + (pooled_rows(per_source[0]) if len(source_tasks[0]) > 1 else [])
+                csv_path = write_csv(rows, output / "scaling.csv")
+                plots = plot_scaling(rows, output, title=f"{env}")
+                summary.update(csv=str(csv_path), plots=[str(p) for p in plots], rows=len(rows),
+                               table=format_table(rows))
+            if several or paper_table:
+                labelled = [dict(row, **source_identity(s)) for s, rows in zip(sources, per_source) for row in rows]
+                try:
+                    written = protocol.write_outputs(labelled, output, env)
+                except ValueError as error:
+                    raise EvaluationError(str(error)) from None
+                summary.update(protocol_rows=written["protocol_rows"], summary_csv=written["summary_csv"],
+                               paper_table_path=written["paper_table"], paper_plot=written["paper_plot"],
+                               paper_table=written["table_markdown"])
+            summary.update(seconds=round(time.perf_counter() - start, 1))
         if diagnostics:
             k = int(diagnostics_euler_steps or source.run_config.agent.inference_euler_steps)
             data_dir = data_dir or source.run_info.get("data_dir")
@@ -496,7 +627,7 @@ def run_evaluation(
                     source.agent, env, task, episodes, seed, k, data_dir, val_batches, output, num_envs=num_envs,
                     episode_length=episode_length, vectorization=vectorization, show_progress=show_progress,
                     cap_step_level=source.cap_step_level)
-                for task in tasks
+                for task in source_tasks[0]
             ]
             critic_diagnostics.write_diagnostics_json(summary["diagnostics"], output / "diagnostics.json")
     finally:

@@ -145,3 +145,82 @@ def test_cost_accounting_by_hand():
 def test_cap_must_be_a_power_of_two(agent, inputs, cap):
     with pytest.raises(ValueError, match="power of two"):
         adaptive.adaptive_act(agent, inputs[0], noise=inputs[1], max_euler_steps=cap)
+
+
+class ScriptedAgent:
+    """An actor and a critic we write by hand: a_k = 1 - 1/k in every component (a_1 = 0, a_2 = 0.5,
+    a_4 = 0.75, a_8 = 0.875), Q(s, a, k) = q_fn(mean of a, k). Records the critic inputs k."""
+
+    action_dim = ACTION_DIM
+
+    def __init__(self, q_fn):
+        self.q_fn = q_fn
+        self.q_calls = []
+
+    def act(self, observations, euler_steps, num_samples, noise, cap_step_level=False):
+        return tf.fill([tf.shape(observations)[0], ACTION_DIM], 1.0 - 1.0 / euler_steps)
+
+    def q_values(self, observations, actions, euler_steps):
+        self.q_calls.append(euler_steps)
+        return self.q_fn(tf.reduce_mean(actions, axis=-1), float(euler_steps))
+
+
+def scripted_steps(q_fn, compare, threshold=0.0, cap=8):
+    observations, noise = np.zeros((3, OBS_DIM), np.float32), np.zeros((3, 1, ACTION_DIM), np.float32)
+    agent = ScriptedAgent(q_fn)
+    actions, steps_used = adaptive.adaptive_act(agent, observations, noise=noise, max_euler_steps=cap,
+                                                threshold=threshold, compare=compare)
+    return steps_used.numpy(), actions.numpy(), agent.q_calls
+
+
+def test_critic_input_drift_fools_only_the_across_levels_rule():
+    """Q = -10 + 0.1 log2 k ignores the action. Across levels each doubling 'gains' 0.1, so the rule
+    climbs to the cap; at one critic input the actions score alike and the rule stops at k = 1."""
+    q_fn = lambda a, k: -10.0 + 0.1 * np.log2(k) + 0.0 * a  # noqa: E731
+    steps, actions, calls = scripted_steps(q_fn, "across_levels")
+    np.testing.assert_array_equal(steps, [8, 8, 8])
+    np.testing.assert_allclose(actions, np.full((3, ACTION_DIM), 0.875))
+    assert calls == [1, 2, 4, 8]
+    steps, actions, calls = scripted_steps(q_fn, "same_level")
+    np.testing.assert_array_equal(steps, [1, 1, 1])
+    np.testing.assert_allclose(actions, np.zeros((3, ACTION_DIM)))
+    assert calls == [8, 8], "every action scored at the cap; all rows stop after level 2"
+
+
+def test_level_penalty_hides_better_actions_from_the_across_levels_rule():
+    """Q = -10 + mean(a) - 0.5 log2 k: better actions for more steps, but a critic that marks down its
+    k input. Across levels: Q(a_2, 2) - Q(a_1, 1) = 0.5 - 0.5 = 0, not a gain: k = 1. At the cap:
+    gains a_2 - a_1 = 0.5, a_4 - a_2 = 0.25, a_8 - a_4 = 0.125, all > 0: k = 8. With a relative
+    threshold of 0.03, |Q(a_k, 8)| = 11.5 - a_k: 0.5 > 0.03 * 11.5 = 0.345 passes, 0.25 > 0.03 * 11.0
+    = 0.33 does not: k = 2."""
+    q_fn = lambda a, k: -10.0 + a - 0.5 * np.log2(k)  # noqa: E731
+    assert scripted_steps(q_fn, "across_levels")[0].tolist() == [1, 1, 1]
+    assert scripted_steps(q_fn, "same_level")[0].tolist() == [8, 8, 8]
+    assert scripted_steps(q_fn, "same_level", threshold=0.03)[0].tolist() == [2, 2, 2]
+    assert scripted_steps(q_fn, "across_levels", threshold=0.03)[0].tolist() == [1, 1, 1]
+
+
+def test_both_rules_agree_on_a_critic_blind_to_its_k_input():
+    """Q = -10 + mean(a) - 10 (mean(a) - 0.75)^2 ignores k and peaks at a_4 among a_1, a_2, a_4, a_8
+    (-15.625, -10.125, -9.25, -9.28125): both rules stop at k = 4."""
+    q_fn = lambda a, k: -10.0 + a - 10.0 * (a - 0.75) ** 2 + 0.0 * k  # noqa: E731
+    assert scripted_steps(q_fn, "across_levels")[0].tolist() == [4, 4, 4]
+    assert scripted_steps(q_fn, "same_level")[0].tolist() == [4, 4, 4]
+
+
+def test_same_level_with_the_real_critic_batches_and_traces(agent, inputs):
+    observations, noise = inputs
+    actions, steps_used = adaptive.adaptive_act(agent, observations, noise=noise, max_euler_steps=4,
+                                                compare="same_level")
+    for i in range(len(observations)):
+        a_i, s_i = adaptive.adaptive_act(agent, observations[i:i + 1], noise=noise[i:i + 1], max_euler_steps=4,
+                                         compare="same_level")
+        np.testing.assert_allclose(a_i.numpy()[0], actions.numpy()[i], atol=1e-6)
+        assert int(s_i.numpy()[0]) == int(steps_used.numpy()[i])
+    traced = tf.function(lambda o, n: adaptive.adaptive_act(agent, o, noise=n, max_euler_steps=4, compare="same_level"))
+    np.testing.assert_array_equal(traced(observations, noise)[1].numpy(), steps_used.numpy())
+
+
+def test_unknown_compare_rule_is_a_clear_error(agent, inputs):
+    with pytest.raises(ValueError, match="compare='both'.*across_levels.*same_level"):
+        adaptive.adaptive_act(agent, inputs[0], noise=inputs[1], compare="both")

@@ -167,3 +167,121 @@ def test_deprecated_steps_flag_runs_the_same_grid(run_dir, tmp_path, capsys):
     evaluate.main([f"--workdir={run_dir}", *GRID, f"--output={tmp_path / 'new'}"])
     assert (strip_timing(scaling.read_csv(tmp_path / "old" / "scaling.csv"))
             == strip_timing(scaling.read_csv(tmp_path / "new" / "scaling.csv")))
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory):
+    """Two run directories as train.py leaves them, one per training seed (5 on task 1, 6 on task 2), each
+    with checkpoints at steps 100 and 200 (the weights moved in between, so the two differ)."""
+    root = tmp_path_factory.mktemp("seed_runs")
+    runs = []
+    for seed, task in ((5, 1), (6, 2)):
+        workdir = root / f"run-s{seed}"
+        config = make_run_config("cube", {"actor_hidden_dims": (16, 16), "critic_hidden_dims": (16, 16),
+                                          "seed": seed, "task": task, "episode_length": EPISODE_LENGTH})
+        agent = SORLAgent(config.agent, 28, 5)
+        save_run_config(str(workdir), config, 28, 5, data_dir="", strategy="default")
+        step = agent.actor_optimizer.iterations
+        manager = checkpoints.make_checkpoint_manager(agent, str(workdir), step)
+        for value in (100, 200):
+            step.assign(value)
+            for weight in agent.actor.trainable_weights:
+                weight.assign(weight + 0.1)
+            manager.save(checkpoint_number=value)
+        runs.append(workdir)
+    return runs
+
+
+PROTOCOL = ["--protocol=paper", "--euler_steps=1,2", "--episodes=2", "--num_envs=2", "--vectorization=sync",
+            f"--episode_length={EPISODE_LENGTH}", "--no_progress"]
+
+
+def test_paper_protocol_over_two_seeds_and_their_last_two_checkpoints(seed_runs, tmp_path, capsys):
+    """Each run on its own task: one seed per task, so the cells are "x % [lo, hi]" and there is no mean
+    column (no seed has both tasks); with --task=1,2 both seeds run both tasks: "mean ± std" and a mean."""
+    out = tmp_path / "own"
+    evaluate.main([f"--workdir={seed_runs[0]},{seed_runs[1]}", "--last_checkpoints=2", *PROTOCOL, f"--output={out}"])
+    assert not (out / "scaling.csv").exists()  # several sources: the protocol's files only
+    rows = scaling.read_csv(out / "protocol_rows.csv")
+    assert [(Path(r["run"]).name, r["train_seed"], r["checkpoint_step"], r["task"], r["k"]) for r in rows] == [
+        ("run-s5", "5", "100", "1", "1"), ("run-s5", "5", "100", "1", "2"),
+        ("run-s5", "5", "200", "1", "1"), ("run-s5", "5", "200", "1", "2"),
+        ("run-s6", "6", "100", "2", "1"), ("run-s6", "6", "100", "2", "2"),
+        ("run-s6", "6", "200", "2", "1"), ("run-s6", "6", "200", "2", "2")]
+    assert {r["N"] for r in rows} == {"1"} and {r["episodes"] for r in rows} == {"2"}
+    table = (out / "paper_table.md").read_text()
+    assert table.splitlines()[4:6] == ["| budget | task 1 | task 2 |", "|---|---|---|"]
+    assert [line.split(" | ")[0] for line in table.splitlines()[6:]] == ["| k=1", "| k=2"]
+    assert "%" in table.splitlines()[6] and "±" not in "".join(table.splitlines()[4:])
+    assert table in capsys.readouterr().out
+
+    out = tmp_path / "all"
+    evaluate.main([f"--workdir={seed_runs[0]}", f"--workdir={seed_runs[1]}", "--last_checkpoints=2", "--task=1,2",
+                   *PROTOCOL, "--euler_steps=1", "--candidates=1,2", f"--output={out}"])
+    summary = scaling.read_csv(out / "paper_summary.csv")
+    rows = scaling.read_csv(out / "protocol_rows.csv")
+    assert len(rows) == 2 * 2 * 2 * 2  # runs x checkpoints x tasks x (k, N)
+    for r in (r for r in summary if r["scope"] == "seeds"):
+        seed_rates = [float(s["success_rate"]) for s in summary
+                      if s["scope"] == "seed" and (s["task"], s["k"], s["N"]) == (r["task"], r["k"], r["N"])]
+        assert len(seed_rates) == 2 and r["seeds"] == "2" and r["checkpoints"] == "2"
+        assert float(r["success_rate"]) == pytest.approx(np.mean(seed_rates), abs=1e-5)
+        assert float(r["success_std"]) == pytest.approx(np.std(seed_rates, ddof=1), abs=1e-5)
+    table = (out / "paper_table.md").read_text().splitlines()
+    assert table[4] == "| budget | task 1 | task 2 | mean |"
+    assert [line.split(" | ")[0] for line in table[6:]] == ["| k=1", "| k=1, N=2"]
+    assert all(line.count("±") == 3 for line in table[6:])
+    assert (out / "paper_success_vs_k.png").stat().st_size > 1000
+
+
+def test_paper_protocol_on_one_checkpoint_keeps_scaling_csv(run_dir, tmp_path):
+    out = tmp_path / "one"
+    evaluate.main([f"--workdir={run_dir}", *PROTOCOL, "--adaptive_threshold=0", "--adaptive_max_steps=2",
+                   "--adaptive_compare=across_levels,same_level", f"--output={out}"])
+    rows = scaling.read_csv(out / "scaling.csv")
+    assert list(rows[0]) == list(scaling.CSV_COLUMNS)
+    assert [(r["policy"], r["k"], r["N"]) for r in rows] == [
+        ("fixed", "1", "1"), ("fixed", "2", "1"), ("adaptive", "2", "1"), ("adaptive-same_level", "2", "1")]
+    table = (out / "paper_table.md").read_text()
+    assert "| adaptive k<=2, thr=0 (same level) | " in table and "| task 2 |" in table
+    assert (out / "success_vs_compute.png").exists() and (out / "paper_success_vs_k.png").exists()
+
+
+def test_protocol_flag_errors(seed_runs, run_dir, tmp_path):
+    with pytest.raises(SystemExit, match=r"--last_checkpoints: .*has 2 checkpoint\(s\) \(ckpt-100, ckpt-200\); "
+                                         r"--last_checkpoints=3 needs 3"):
+        evaluate.main([f"--workdir={seed_runs[0]}", "--last_checkpoints=3", *PROTOCOL, f"--output={tmp_path}"])
+    with pytest.raises(SystemExit, match="--checkpoint names one checkpoint of one run"):
+        evaluate.main([f"--workdir={seed_runs[0]},{seed_runs[1]}", "--checkpoint=x", *PROTOCOL, f"--output={tmp_path}"])
+    with pytest.raises(SystemExit, match="more than once"):
+        evaluate.main([f"--workdir={seed_runs[0]},{seed_runs[0]}", *PROTOCOL, f"--output={tmp_path}"])
+    with pytest.raises(SystemExit, match="--diagnostics measures one checkpoint"):
+        evaluate.main([f"--workdir={seed_runs[0]}", "--last_checkpoints=2", "--diagnostics", *PROTOCOL,
+                       f"--output={tmp_path}"])
+    with pytest.raises(SystemExit, match="--last_checkpoints applies to --workdir"):
+        evaluate.main([f"--saved_model={run_dir / 'export'}", "--last_checkpoints=2", *PROTOCOL,
+                       f"--output={tmp_path}"])
+
+
+def test_protocol_defaults_and_adaptive_compare_flag(capsys):
+    args = evaluate.parse_args(["--workdir=a,b", "--workdir=c", "--protocol=paper"])
+    assert (args.workdir, args.euler_steps, args.candidates, args.episodes, args.task) == (
+        ["a", "b", "c"], [1, 2, 4, 8], [1], 50, None)
+    args = evaluate.parse_args(["--workdir=a", "--protocol=paper", "--candidates=1,4,16", "--episodes=10"])
+    assert (args.candidates, args.episodes, args.adaptive_compare) == ([1, 4, 16], 10, ["across_levels"])
+    args = evaluate.parse_args(["--workdir=a"])
+    assert (args.euler_steps, args.candidates, args.episodes) == ([1, 2, 4, 8, 16, 32], [1, 2, 4, 8, 16], 50)
+    assert evaluate.parse_args(["--workdir=a", "--adaptive_compare=same_level"]).adaptive_compare == ["same_level"]
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--workdir=a", "--adaptive_compare=cap"])
+    assert "--adaptive_compare='cap': expected a comma list" in capsys.readouterr().err
+
+
+def test_paper_protocol_on_an_export(run_dir, tmp_path):
+    out = tmp_path / "export"
+    evaluate.main([f"--saved_model={run_dir / 'export'}", *PROTOCOL, "--euler_steps=1", f"--output={out}"])
+    (seed_row, across) = scaling.read_csv(out / "paper_summary.csv")
+    assert (seed_row["scope"], seed_row["train_seed"], seed_row["task"], seed_row["checkpoint_steps"]) == (
+        "seed", "5", "2", "")
+    assert across["scope"] == "seeds" and "| k=1 | " in (out / "paper_table.md").read_text()
+    assert (out / "scaling.csv").exists()

@@ -89,3 +89,40 @@ def test_budget_grid_rejects_empty_and_non_positive_budgets():
         scaling.budget_grid(euler_steps=[0])
     with pytest.raises(ValueError, match="--candidates=\\[\\]"):
         scaling.budget_grid(candidates=[])
+
+
+def test_adaptive_rules_are_rows_of_their_own(line_agent, line_env):
+    cells = scaling.budget_grid(euler_steps=[1], candidates=[1], adaptive_thresholds=[0.0, 0.1],
+                                adaptive_max_euler_steps=4, adaptive_compare=["across_levels", "same_level"])
+    assert [(c.policy, c.threshold) for c in cells] == [
+        ("fixed", 0.0), ("adaptive", 0.0), ("adaptive-same_level", 0.0), ("adaptive", 0.1),
+        ("adaptive-same_level", 0.1)]
+    assert cells[2].label == "adaptive(k<=4, thr=0, same_level)"
+    rows = scaling.run_grid(
+        lambda cell: policies.make_adaptive_policy(line_agent, cell.k, cell.threshold, compare=cell.compare),
+        lambda: line_env(jitter=0.5), tasks=[1], cells=cells[1:3], episodes=2, seed=0, num_envs=2, episode_length=3,
+        vectorization="sync", show_progress=False)
+    assert [r["policy"] for r in rows] == ["adaptive", "adaptive-same_level"]
+    assert all(1 <= r["mean_steps"] <= 4 for r in rows)
+    with pytest.raises(ValueError, match="compare='cap'"):
+        scaling.budget_grid(adaptive_thresholds=[0.0], adaptive_compare=["cap"])
+
+
+def test_run_grids_gives_each_source_what_its_own_grid_gives(line_agent, line_env, tiny_agent):
+    """Several sources run task by task (one vector env per task) and get the rows a grid of their own gives."""
+    other = tiny_agent(2, 1, seed=2)
+    env = lambda: line_env(jitter=0.5)  # noqa: E731
+    cells = scaling.budget_grid(euler_steps=[1, 2], candidates=[1])
+    made = {}
+
+    def make(agent):
+        return lambda cell: made.setdefault((id(agent), cell), policies.make_agent_policy(agent, cell.k, cell.N))
+
+    kwargs = dict(episodes=3, seed=1, num_envs=2, episode_length=4, vectorization="sync", show_progress=False)
+    together = scaling.run_grids([(make(line_agent), [1, 2]), (make(other), [2])], env, cells, **kwargs)
+    alone = [scaling.run_grid(make(line_agent), env, [1, 2], cells, **kwargs)[:4],
+             scaling.run_grid(make(other), env, [2], cells, **kwargs)]
+    varying = {"policy_ms_per_action", "policy_ms_per_call", "wall_seconds"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in varying} for r in rows]  # noqa: E731
+    assert [strip(rows) for rows in together] == [strip(rows) for rows in alone]
+    assert [(r["task"], r["k"]) for r in together[0]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
