@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
-from bench.common import write_json  # noqa: E402
-from models.config import get_config  # noqa: E402
+from data.files import write_json  # noqa: E402
 from models.sorl import SORLAgent  # noqa: E402
+from pipeline.config import make_run_config  # noqa: E402
 from serving import export  # noqa: E402
 from serving.server import array_to_tensor_proto  # noqa: E402
 
@@ -255,8 +255,8 @@ def main(argv=None):
     parser.add_argument("--attack_duration", type=float, default=15.0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    overrides = ["actor_hidden_dims=64,64", "critic_hidden_dims=64,64"] if args.small else []
-    agent = SORLAgent(get_config("cube", overrides), OBS_DIM, ACTION_DIM)
+    small = {"actor_hidden_dims": (64, 64), "critic_hidden_dims": (64, 64)} if args.small else {}
+    agent = SORLAgent(make_run_config("cube", small).agent, OBS_DIM, ACTION_DIM)
     max_body = 64 << 20
     soak_runs, oversize_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
