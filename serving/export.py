@@ -34,6 +34,7 @@ from models import noise as noise_lib
 from serving import servable as servable_lib
 from serving import signatures as signatures_lib
 from serving.signatures import SignatureVariant
+from serving.versions import list_versions
 
 
 class ExportVerificationError(RuntimeError):
@@ -75,7 +76,7 @@ def agent_dims(agent) -> Tuple[int, int]:
 
 def next_version(model_base_path: str) -> int:
     """Largest existing integer version + 1 (1 for an empty or missing base path)."""
-    versions = servable_lib.list_versions(model_base_path)
+    versions = list_versions(model_base_path)
     return versions[-1] + 1 if versions else 1
 
 
