@@ -117,9 +117,8 @@ def run_pipeline(build, pipeline_args=(), elements: int | None = None) -> None:
     a hang). A DataError that escapes a worker (DoFns record theirs instead, see
     `report_data_errors`) is raised here as a DataError with the worker's message; Beam otherwise
     wraps it in runner-specific text."""
-    args = beam_runners.runner_args(pipeline_args, elements)
-    beam_runners.check_workers(args)
-    options = pipeline_options(args)
+    worker_threads = beam_runners.check_workers(beam_runners.runner_args(pipeline_args))
+    options = pipeline_options(beam_runners.runner_args(pipeline_args, elements, worker_threads))
     try:
         with beam.Pipeline(options=options) as pipeline:
             build(pipeline)

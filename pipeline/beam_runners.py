@@ -3,8 +3,11 @@
 - `runner_args` expands two shorthands and adds what a runner needs to spread the work; plain
   Beam flags pass through unchanged:
     --runner=dask      Beam's Dask runner (`apache_beam.runners.dask.dask_runner.DaskRunner`),
-                       with --dask_npartitions set from the number of elements (Beam's default
-                       puts up to 128 elements in one partition, so one worker would do it all).
+                       with --dask_npartitions set to PARTITIONS_PER_WORKER per worker thread of
+                       the cluster (at most one per element). Beam's default puts up to 128
+                       elements in one partition, so one worker would do it all; one partition
+                       per element would run each DoFn's setup (the generator's MuJoCo env) once
+                       per element, since the Dask runner sets DoFns up once per partition.
     --runner=portable  PortableRunner; --job_endpoint defaults to 'embed' (a job service inside
                        the driver) and --environment_type to EXTERNAL when --environment_config
                        names a worker pool, else LOOPBACK.
@@ -28,6 +31,7 @@ from data.errors import DataError
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 PORTABLE_RUNNERS = ("portablerunner", "flinkrunner", "sparkrunner")
 MAX_DASK_PARTITIONS = 1024  # past this, scheduling overhead outgrows the gain of finer partitions
+PARTITIONS_PER_WORKER = 4  # enough to even out elements of unequal cost, few enough DoFn set-ups
 WORKER_POOL_TIMEOUT_S = 120.0  # a probe worker's start-up: python, then importing Beam's SDK harness
 PROJECT_MODULE = "pipeline.beam_jobs"  # what workers unpickle the DoFns from
 
@@ -67,15 +71,22 @@ def runner_kind(args) -> str:
     return runner
 
 
-def runner_args(args, elements: int | None = None) -> list:
-    """Beam args with the --runner shorthands expanded and Dask partitions set (see module doc)."""
+def dask_partitions(elements: int, worker_threads: int | None) -> int:
+    """Partitions for `elements` elements on a cluster of `worker_threads` (None: unknown)."""
+    wanted = int(elements) if not worker_threads else PARTITIONS_PER_WORKER * int(worker_threads)
+    return max(1, min(int(elements), wanted, MAX_DASK_PARTITIONS))
+
+
+def runner_args(args, elements: int | None = None, worker_threads: int | None = None) -> list:
+    """Beam args with the --runner shorthands expanded and Dask partitions set (see module doc);
+    `worker_threads` is what `check_workers` found on the Dask cluster."""
     args = list(args)
     runner = (flag_value(args, "runner") or "").lower()
     if runner in ("dask", "daskrunner"):
         args = _without_flag(args, "runner") + [f"--runner={DASK_RUNNER}"]
     if runner_kind(args) == "dask" and elements and not (flag_value(args, "dask_npartitions")
                                                          or flag_value(args, "dask_partition_size")):
-        args.append(f"--dask_npartitions={max(1, min(int(elements), MAX_DASK_PARTITIONS))}")
+        args.append(f"--dask_npartitions={dask_partitions(elements, worker_threads)}")
     if runner == "portable":
         args = _without_flag(args, "runner") + ["--runner=PortableRunner"]
         if flag_value(args, "job_endpoint") is None:
@@ -85,11 +96,12 @@ def runner_args(args, elements: int | None = None) -> list:
     return args
 
 
-def check_workers(args) -> None:
-    """DataError now, in one line, if the runner's workers cannot run the jobs (see module doc)."""
+def check_workers(args) -> int | None:
+    """DataError now, in one line, if the runner's workers cannot run the jobs (see module doc).
+    Returns the Dask cluster's worker threads (None for other runners or a runner-made cluster)."""
     kind = runner_kind(args)
     if kind == "dask":
-        check_dask_workers(flag_value(args, "dask_client_address"), flag_value(args, "dask_scheduler_file"),
+        return check_dask_workers(flag_value(args, "dask_client_address"), flag_value(args, "dask_scheduler_file"),
                            float(flag_value(args, "dask_connection_timeout") or 30))
     elif kind == "portable" and (flag_value(args, "environment_type") or "").upper() == "EXTERNAL":
         address = flag_value(args, "environment_config")
@@ -97,12 +109,14 @@ def check_workers(args) -> None:
             raise DataError("--environment_type=EXTERNAL: also pass --environment_config=HOST:PORT, the worker "
                             "pool's address.")
         check_worker_pool(address)
+    return None
 
 
-def check_dask_workers(address: str | None, scheduler_file: str | None = None, timeout_s: float = 30) -> None:
-    """The scheduler and every worker import this project (DoFns are pickled by reference)."""
+def check_dask_workers(address: str | None, scheduler_file: str | None = None, timeout_s: float = 30) -> int | None:
+    """The scheduler and every worker import this project (DoFns are pickled by reference);
+    returns the cluster's worker threads."""
     if not address and not scheduler_file:
-        return  # the runner starts a LocalCluster in this environment
+        return None  # the runner starts a LocalCluster in this environment
     from distributed import Client
 
     where = f"--dask_client_address={address}" if address else f"--dask_scheduler_file={scheduler_file}"
@@ -113,7 +127,8 @@ def check_dask_workers(address: str | None, scheduler_file: str | None = None, t
                         f"`dask scheduler` or fix the address.") from None
     statement = f"import {PROJECT_MODULE}"
     try:
-        if not client.scheduler_info()["workers"]:
+        workers = client.scheduler_info()["workers"]
+        if not workers:
             raise DataError(f"{where}: the Dask scheduler has no workers; start some with `dask worker "
                             f"{address or '--scheduler-file ' + scheduler_file}`.")
         try:
@@ -123,6 +138,7 @@ def check_dask_workers(address: str | None, scheduler_file: str | None = None, t
             raise DataError(f"{where}: a Dask scheduler or worker cannot import this project ({error}); install "
                             f"it there (pip install -r requirements.txt) or start them with PYTHONPATH set to "
                             f"this checkout.") from None
+        return sum(int(worker.get("nthreads") or 1) for worker in workers.values())
     finally:
         client.close()
 

@@ -21,7 +21,7 @@ import cloudpickle
 import pytest
 
 from data.errors import DataError
-from pipeline import beam_jobs, generate
+from pipeline import beam_jobs, beam_runners, generate
 from pipeline.generate import generate_play_data
 from pipeline.preprocess import preprocess
 
@@ -182,12 +182,25 @@ def test_dask_cluster_writes_the_direct_runners_bytes_on_both_workers(dask_clust
     with Client(dask_cluster, timeout=30) as client:
         executed = client.run(_executed_tasks)
     assert len(executed) == 2 and all(count > 0 for count in executed.values()), executed
+    assert beam_runners.check_dask_workers(dask_cluster) == 2  # two single-threaded workers
     # Beam's own flags: the runner's full class path and explicit partitions.
     generate_play_data(env="cube-single", episodes=EPISODES, val_episodes=VAL_EPISODES,
                        episode_length=EPISODE_LENGTH, output_dir=str(tmp_path / "plain"), seed=0, progress=False,
                        pipeline_args=["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
                                       f"--dask_client_address={dask_cluster}", "--dask_npartitions=2"])
     assert (tmp_path / "plain" / TRAIN).read_bytes() == (reference / "generated" / TRAIN).read_bytes()
+
+
+def test_dask_partitions_are_a_few_per_worker_thread_and_never_more_than_the_elements():
+    dask = ["--runner=dask", "--dask_client_address=127.0.0.1:8786"]
+    assert beam_runners.flag_value(beam_runners.runner_args(dask, 100, worker_threads=2), "dask_npartitions") == "8"
+    assert beam_runners.flag_value(beam_runners.runner_args(dask, 3, worker_threads=2), "dask_npartitions") == "3"
+    # A runner-made cluster (no address): its size is unknown, so one partition per element.
+    assert beam_runners.flag_value(beam_runners.runner_args(dask, 100), "dask_npartitions") == "100"
+    assert beam_runners.flag_value(beam_runners.runner_args(dask, 5000), "dask_npartitions") == "1024"
+    # The user's own choice stays.
+    mine = beam_runners.runner_args(dask + ["--dask_npartitions=2"], 100, worker_threads=2)
+    assert beam_runners.flag_value(mine, "dask_npartitions") == "2" and sum("npartitions" in a for a in mine) == 1
 
 
 def test_dask_scheduler_that_is_not_there_fails_in_one_line(tmp_path):
