@@ -157,6 +157,7 @@ def _open(dataset_id: str, path: str, stamp):
     metadata_path = os.path.join(path, "metadata.json")
     observation_space = _space(dataset_id, metadata_path, metadata, "observation_space")
     action_space = _space(dataset_id, metadata_path, metadata, "action_space")
+    env_id(dataset_id, metadata)  # a bad id is named here, not as minari's EnvSpec parse error
     data_format = metadata.get("data_format")
     if data_format not in get_storage_keys():
         raise DataError(f"minari:{dataset_id}: {metadata_path} field 'data_format' is {data_format!r}, expected "
