@@ -101,8 +101,8 @@ def _prepared(args) -> str:
     return output
 
 
-def bench_preprocess(args):
-    source = _tiled_source(args)
+def _bench_conversion(args, source: str, label: str) -> None:
+    """Rows of transitions/s of preprocess(source) in each of MODES; `label` names the data."""
     for mode, pipeline_args in MODES.items():
         rates = []
         for repeat in range(args.repeats):
@@ -112,8 +112,12 @@ def bench_preprocess(args):
             seconds = _timed(lambda: metadata.update(preprocess(source, output, pipeline_args=pipeline_args)))
             rates.append(sum(metadata["counts"].values()) / seconds)
             shutil.rmtree(output, ignore_errors=True)
-        _row("preprocess", f"cube-single npz, {metadata['counts']['train']:,} + {metadata['counts']['val']:,} "
+        _row("preprocess", f"{label}, {metadata['counts']['train']:,} + {metadata['counts']['val']:,} "
                            f"transitions, {mode}", rates, "transitions/s")
+
+
+def bench_preprocess(args):
+    _bench_conversion(args, _tiled_source(args), "cube-single npz")
 
 
 MINARI_SEED_EPISODES, MINARI_EPISODE_STEPS = 20, 200
@@ -134,19 +138,7 @@ def _minari_source(args) -> str:
 
 
 def bench_preprocess_minari(args):
-    source = _minari_source(args)
-    for mode, pipeline_args in MODES.items():
-        rates = []
-        for repeat in range(args.repeats):
-            output = os.path.join(args.workdir, f"preprocess-minari-{repeat}")
-            shutil.rmtree(output, ignore_errors=True)
-            metadata = {}
-            seconds = _timed(lambda: metadata.update(preprocess(source, output, pipeline_args=pipeline_args)))
-            rates.append(sum(metadata["counts"].values()) / seconds)
-            shutil.rmtree(output, ignore_errors=True)
-        _row("preprocess", f"minari Pendulum-v1 ({MINARI_EPISODE_STEPS}-step episodes), "
-                           f"{metadata['counts']['train']:,} + {metadata['counts']['val']:,} transitions, {mode}",
-             rates, "transitions/s")
+    _bench_conversion(args, _minari_source(args), f"minari Pendulum-v1 ({MINARI_EPISODE_STEPS}-step episodes)")
 
 
 def bench_reader(args):

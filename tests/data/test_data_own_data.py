@@ -4,7 +4,6 @@ transition is checked against the recorded episodes, read back from the TFRecord
 tf.train.Example alone."""
 
 import json
-import os
 
 import gymnasium
 import numpy as np
@@ -16,13 +15,6 @@ from data.errors import DataError
 from pipeline.preprocess import preprocess
 
 EPISODES = 6
-
-
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
 
 
 @pytest.fixture(scope="module")

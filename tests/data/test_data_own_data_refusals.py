@@ -14,13 +14,6 @@ from data.errors import DataError
 from pipeline.preprocess import preprocess
 
 
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
 @pytest.fixture(scope="module")
 def pendulum():
     return gym_recording.record("Pendulum-v1", 3, seed=2, max_steps=12)
