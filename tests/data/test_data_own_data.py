@@ -131,3 +131,12 @@ def test_dataset_values_outside_the_bounds_are_refused(recorded, tmp_path):
     with pytest.raises(DataError, match=r"field 'actions' row \d+ column 0 is -?\d.*outside the action bounds "
                                         r"\[-1.0, 1.0\]"):
         preprocess(f"npz:{path}", str(tmp_path / "out"), action_low="-1", action_high="1")
+
+
+def test_returns_of_transition_sources_split_at_terminals():
+    """TF-Agents hands over transitions, not episodes: their returns are summed between terminals."""
+    from data import sources
+
+    columns = {"rewards/default": np.array([1, 2, 3, 4, 5], np.float32),
+               "terminals": np.array([0, 1, 0, 0, 1], np.float32)}
+    assert sources._returns_of_written(columns) == [3.0, 12.0]
