@@ -2,6 +2,7 @@
 
     python -m bench.bench_data generate   [--episodes=8 --episode_length=1001]
     python -m bench.bench_data preprocess [--rows=1000000]
+    python -m bench.bench_data preprocess_minari [--rows=1000000]
     python -m bench.bench_data reader     [--rows=1000000 --batches=2000]
     python -m bench.bench_data all        (each of the above)
     common: [--repeats=3] [--workdir=artifacts/bench_data]
@@ -14,6 +15,10 @@ Each measurement is repeated; the median is printed as a markdown table row:
 - preprocess: transitions per second of pipeline/preprocess.py (train + val), same two modes,
   on a --rows-row training file (and a tenth as val) made by tiling whole episodes of a small
   generated dataset, so every row keeps its own consistent observation/qpos.
+- preprocess_minari: the same for a generic Minari source (own rewards, actions mapped from
+  their bounds): a --rows-step Pendulum-v1 dataset written through minari's writer, made of
+  200-step episodes recorded by data/gym_recording.py and repeated (D4RL MuJoCo datasets have
+  episodes of this order), so the rate includes Minari's per-episode reads.
 - reader: batches of 256 per second from data.reader.make_dataset (task 2, shuffled, repeated),
   consumed inside TensorFlow (Dataset.reduce, as a compiled training loop would), for
   cache=True and cache=False.
@@ -28,7 +33,7 @@ import time
 import tensorflow  # noqa: F401  (before MuJoCo, see the common brief)
 import numpy as np
 
-from data import ogbench_source, reader
+from data import gym_recording, minari_source, ogbench_source, reader
 from pipeline.generate import generate_play_data
 from pipeline.preprocess import preprocess
 
@@ -96,8 +101,8 @@ def _prepared(args) -> str:
     return output
 
 
-def bench_preprocess(args):
-    source = _tiled_source(args)
+def _bench_conversion(args, source: str, label: str) -> None:
+    """Rows of transitions/s of preprocess(source) in each of MODES; `label` names the data."""
     for mode, pipeline_args in MODES.items():
         rates = []
         for repeat in range(args.repeats):
@@ -107,8 +112,33 @@ def bench_preprocess(args):
             seconds = _timed(lambda: metadata.update(preprocess(source, output, pipeline_args=pipeline_args)))
             rates.append(sum(metadata["counts"].values()) / seconds)
             shutil.rmtree(output, ignore_errors=True)
-        _row("preprocess", f"cube-single npz, {metadata['counts']['train']:,} + {metadata['counts']['val']:,} "
+        _row("preprocess", f"{label}, {metadata['counts']['train']:,} + {metadata['counts']['val']:,} "
                            f"transitions, {mode}", rates, "transitions/s")
+
+
+def bench_preprocess(args):
+    _bench_conversion(args, _tiled_source(args), "cube-single npz")
+
+
+MINARI_SEED_EPISODES, MINARI_EPISODE_STEPS = 20, 200
+
+
+def _minari_source(args) -> str:
+    """minari:bench/pendulum-N-v0 (and its -val dataset, a tenth) under WORKDIR/minari, built once."""
+    root = os.path.join(args.workdir, "minari")
+    os.environ["MINARI_DATASETS_PATH"] = root  # where the Beam job looks the dataset up
+    dataset_id = f"bench/pendulum-{args.rows}-v0"
+    if not minari_source.exists(dataset_id):
+        recorded = gym_recording.record("Pendulum-v1", MINARI_SEED_EPISODES, seed=0, max_steps=MINARI_EPISODE_STEPS)
+        for split_id, rows in ((minari_source.val_dataset_id(dataset_id), args.rows // 10), (dataset_id, args.rows)):
+            count = max(1, round(rows / MINARI_EPISODE_STEPS))
+            gym_recording.write_minari(split_id, [recorded[i % len(recorded)] for i in range(count)], "Pendulum-v1",
+                                       root=root, max_steps=MINARI_EPISODE_STEPS)
+    return f"minari:{dataset_id}"
+
+
+def bench_preprocess_minari(args):
+    _bench_conversion(args, _minari_source(args), f"minari Pendulum-v1 ({MINARI_EPISODE_STEPS}-step episodes)")
 
 
 def bench_reader(args):
@@ -130,7 +160,7 @@ def bench_reader(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("generate", "preprocess", "reader", "all"))
+    parser.add_argument("what", choices=("generate", "preprocess", "preprocess_minari", "reader", "all"))
     parser.add_argument("--episodes", type=int, default=8, help="generate: training episodes per run")
     parser.add_argument("--episode_length", type=int, default=1001, help="generate: rows per episode")
     parser.add_argument("--rows", type=int, default=1_000_000, help="preprocess/reader: training rows")
@@ -140,7 +170,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     print("| benchmark | setting | median | unit | runs |\n|---|---|---|---|---|", flush=True)
-    for name, bench in (("generate", bench_generate), ("preprocess", bench_preprocess), ("reader", bench_reader)):
+    for name, bench in (("generate", bench_generate), ("preprocess", bench_preprocess),
+                        ("preprocess_minari", bench_preprocess_minari), ("reader", bench_reader)):
         if args.what in (name, "all"):
             bench(args)
 

@@ -29,6 +29,10 @@ TERMINALS = "terminals"
 REWARDS = "rewards"
 MASKS = "masks"
 
+# The reward key of every source's own rewards (Minari, npz, TF-Agents): the reward the data was
+# recorded with, as opposed to OGBench's relabelled task rewards 'task1'..'task5'.
+DEFAULT_REWARD_KEY = "default"
+
 SPLITS = ("train", "val")
 METADATA_FILE = "metadata.json"
 SHARD_SUFFIX = ".tfrecord"
@@ -59,6 +63,13 @@ METADATA_FIELDS = {
     "episodes": "split -> number of episodes",
     "statistics": "split -> feature -> {mean, std, min, max} per dimension",
     "shards": "split -> [{file, count, bytes}] in read order",
+    "action_bounds": "{low, high}: the env-unit Box the stored actions were mapped from onto [-1, 1] "
+                     "(a = 2 (x - low) / (high - low) - 1, then clipped); null: actions were already in [-1, 1]",
+    "eval_env": "gymnasium id of the env the data comes from (a Minari env spec's id, or --eval_env), or null",
+    "ref_min_score": "float or null: the source's reference score of a random policy (D4RL normalised score 0)",
+    "ref_max_score": "float or null: the source's reference score of an expert (D4RL normalised score 100)",
+    "dataset_returns": "split -> {mean, std, min, max, episodes} of undiscounted episode returns of the "
+                       "source's own rewards (every recorded reward; null for OGBench play data)",
 }
 
 

@@ -1,10 +1,12 @@
-"""Input sources for pipeline/preprocess.py: 'ogbench:PATH.npz', 'minari:DATASET_ID' or
-'tf_agents:PATH' (trajectory files written by TF-Agents; data/tf_agents_source.py).
+"""Input sources for pipeline/preprocess.py: 'ogbench:PATH.npz', 'minari:DATASET_ID',
+'npz:PATH.npz' (D4RL layout; data/npz_source.py) or 'tf_agents:PATH' (trajectory files written by
+TF-Agents; data/tf_agents_source.py).
 
 `open_source` checks a source in the driver (files exist, fields, shapes and lengths agree,
-env and tasks known) and returns a picklable `Source`; Beam workers call `Source.read` on
-row or episode ranges, which checks values (finite, actions in range) and returns relabelled
-transitions as {feature name (data.schema): float32 array}.
+env and tasks known, action bounds finite) and returns a picklable `Source`; Beam workers call
+`Source.read_chunk` on row or episode ranges, which checks values (finite, actions in range),
+maps actions onto [-1, 1] (data/action_bounds.py) and returns transitions as {feature name
+(data.schema): float32 array} with the chunk's episode count and episode returns.
 """
 
 import dataclasses
@@ -14,12 +16,12 @@ import os
 
 import numpy as np
 
-from data import envs, minari_source, ogbench_source, schema
+from data import action_bounds, envs, minari_source, npz_source, ogbench_source, schema
 from data.errors import DataError
 
 ROWS_PER_SHARD = 100_000  # default shard size: ~60 MB of cube-single records
 
-KINDS = ("ogbench", "minari", "tf_agents")
+KINDS = ("ogbench", "minari", "npz", "tf_agents")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +41,38 @@ class Source:
     sizes: dict  # split -> rows (ogbench) or episodes (minari) to divide among shards
     transitions_hint: dict  # split -> transitions, as far as the driver can tell cheaply
     data_paths: dict = dataclasses.field(default_factory=dict)  # minari: split -> data directory
+    action_bounds: dict | None = None  # {low, high} actions are mapped from (data.action_bounds); None: identity
+    eval_env: str | None = None  # gymnasium id to evaluate in (metadata 'eval_env')
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    npz_keys: tuple = ()  # npz: the fields the files hold
 
     def read(self, split: str, start: int, stop: int) -> tuple[dict, int]:
         """(columns, episodes) for rows/episodes [start, stop) of `split`."""
+        columns, episodes, _ = self.read_chunk(split, start, stop)
+        return columns, episodes
+
+    def read_chunk(self, split: str, start: int, stop: int) -> tuple:
+        """(columns, episodes, episode returns or None) for rows/episodes [start, stop) of `split`.
+        Returns are of the source's own rewards; OGBench play data has none (None)."""
         if self.kind == "ogbench":
-            return ogbench_source.transitions(self.inputs[split], self.reward_kind, self.targets, start, stop)
+            columns, episodes = ogbench_source.transitions(self.inputs[split], self.reward_kind, self.targets,
+                                                           start, stop)
+            return columns, episodes, None
+        if self.kind == "npz":
+            return npz_source.transitions(self.inputs[split], self.npz_keys, start, stop, self.action_bounds)
         if self.kind == "tf_agents":
             from data import tf_agents_source  # imports TensorFlow: only for this kind
 
-            return tf_agents_source.transitions(self.inputs[split][start:stop])
+            columns, episodes = tf_agents_source.transitions(self.inputs[split][start:stop])
+            return columns, episodes, _returns_of_written(columns)
         qpos_dim = envs.resolve_env(self.env).qpos_dim if self.env else None
         return minari_source.transitions(self.inputs[split], self.data_paths[split], self.reward_kind,
-                                         self.targets, start, stop, qpos_dim)
+                                         self.targets, start, stop, qpos_dim, self.action_bounds)
 
     def files(self) -> list:
         """Every input file, for checksums."""
-        if self.kind == "ogbench":
+        if self.kind in ("ogbench", "npz"):
             return [self.inputs[split] for split in schema.SPLITS if split in self.inputs]
         if self.kind == "tf_agents":
             from data import tf_agents_source  # imports TensorFlow: only for this kind
@@ -74,7 +92,7 @@ class Source:
         neither replace nor lie inside."""
         if self.kind == "minari":
             return [os.path.dirname(path) for path in self.data_paths.values()]
-        if self.kind == "ogbench":
+        if self.kind in ("ogbench", "npz"):
             return list(self.inputs.values())
         return [path for paths in self.inputs.values() for path in paths]
 
@@ -82,15 +100,25 @@ class Source:
         return schema.feature_shapes(self.obs_dim, self.action_dim, self.reward_keys)
 
 
+def _returns_of_written(columns: dict) -> list:
+    """Episode returns summed over the transitions written (episodes end where terminals is 1),
+    for sources that hand over transitions rather than episodes (TF-Agents)."""
+    rewards = np.asarray(columns[schema.reward_feature(schema.DEFAULT_REWARD_KEY)], np.float64)
+    ends = np.flatnonzero(np.asarray(columns[schema.TERMINALS]) > 0.5) + 1
+    return [float(part.sum()) for part in np.split(rewards, ends) if len(part)]
+
+
 def _task_targets(family: envs.EnvFamily) -> dict:
     return {schema.reward_key(task): envs.task_targets(family, task) for task in range(1, family.num_tasks + 1)}
 
 
-def _open_ogbench(path: str, env: str | None) -> Source:
+def _open_ogbench(path: str, env: str | None, options: dict) -> Source:
     if "://" not in path:
         path = os.path.abspath(path)
     if not path.endswith(".npz"):
         raise DataError(f"ogbench:{path}: expected an OGBench .npz file (NAME.npz with NAME-val.npz beside it).")
+    _refuse_options(f"ogbench:{path}", options, "OGBench actions are already in [-1, 1] and each task names "
+                                                "its evaluation env", ("eval_env", "action_low", "action_high"))
     family = envs.resolve_env(env) if env else envs.family_from_dataset_file(path)
     needed = list(ogbench_source.REQUIRED_KEYS) + ["qpos"] + (["button_states"] if family.kind == "scene" else [])
     inputs = {"train": path, "val": ogbench_source.val_path_for(path)}
@@ -125,7 +153,7 @@ def _open_ogbench(path: str, env: str | None) -> Source:
     )
 
 
-def _open_minari(dataset_id: str, env: str | None) -> Source:
+def _open_minari(dataset_id: str, env: str | None, options: dict) -> Source:
     splits = {"train": minari_source.describe(dataset_id)}
     val_id = minari_source.val_dataset_id(dataset_id)
     if minari_source.exists(val_id):
@@ -155,6 +183,14 @@ def _open_minari(dataset_id: str, env: str | None) -> Source:
             envs.check_data_fits(family, f"minari:{inputs[split]}", info["obs_dim"], info["action_dim"],
                                  info["qpos_dim"])
     targets = _task_targets(family) if family else {}
+    if family:  # OGBench play data: actions in [-1, 1] already, evaluated in each task's env
+        _refuse_options(f"minari:{dataset_id}", options, "OGBench play data keeps its [-1, 1] actions and task envs",
+                        ("eval_env", "action_low", "action_high"))
+        bounds, eval_env = None, None
+    else:
+        eval_env = _eval_env(options) or train["eval_env"]
+        bounds = _action_bounds(f"minari:{dataset_id} field 'action_space'", train["action_dim"], options,
+                                (train["action_low"], train["action_high"]))
     return Source(
         spec=f"minari:{dataset_id}", kind="minari", env=family.name if family else None, env_id=dataset_id,
         reward_kind=family.kind if family else None, obs_dim=train["obs_dim"], action_dim=train["action_dim"],
@@ -162,10 +198,81 @@ def _open_minari(dataset_id: str, env: str | None) -> Source:
         sizes={split: info["episodes"] for split, info in splits.items()},
         transitions_hint={split: info["steps"] for split, info in splits.items()},
         data_paths={split: info["path"] for split, info in splits.items()},
+        action_bounds=bounds, eval_env=eval_env,
+        ref_min_score=None if family else train["ref_min_score"],
+        ref_max_score=None if family else train["ref_max_score"],
     )
 
 
-def _open_tf_agents(pattern: str, env: str | None) -> Source:
+def _open_npz(path: str, env: str | None, options: dict) -> Source:
+    """A D4RL-style file (data/npz_source.py); NAME-val.npz beside it is the val split if present."""
+    if env:
+        raise DataError(f"--env={env}: an npz:PATH file carries its own rewards (stored under "
+                        f"'{schema.DEFAULT_REWARD_KEY}'); there are no task rewards to relabel: drop --env.")
+    if "://" not in path:
+        path = os.path.abspath(path)
+    if not path.endswith(".npz"):
+        raise DataError(f"npz:{path}: expected a .npz file in the D4RL layout (NAME.npz, NAME-val.npz beside it "
+                        f"for validation).")
+    npz_source.require_file(path, "npz:PATH training file")
+    inputs = {"train": path}
+    val_path = ogbench_source.val_path_for(path)
+    if ogbench_source._exists(val_path):
+        inputs["val"] = val_path
+    layouts = {split: npz_source.check_layout(split_path) for split, split_path in inputs.items()}
+    train = layouts["train"]
+    for split, layout in layouts.items():
+        if (layout["obs_dim"], layout["action_dim"]) != (train["obs_dim"], train["action_dim"]):
+            raise DataError(f"{inputs[split]}: observations/actions have dims {layout['obs_dim']}/"
+                            f"{layout['action_dim']} but {path} has {train['obs_dim']}/{train['action_dim']}; "
+                            f"both splits must come from the same env.")
+        if layout["keys"] != train["keys"]:
+            raise DataError(f"{inputs[split]}: has fields {list(layout['keys'])} but {path} has "
+                            f"{list(train['keys'])}; write both splits the same way.")
+    counts = {split: npz_source.count_transitions(inputs[split], train["keys"]) for split in inputs}
+    return Source(
+        spec=f"npz:{path}", kind="npz", env=None, env_id=path, reward_kind=None,
+        obs_dim=train["obs_dim"], action_dim=train["action_dim"], reward_keys=(schema.DEFAULT_REWARD_KEY,),
+        targets={}, inputs=inputs, sizes={split: episodes for split, (episodes, _) in counts.items()},
+        transitions_hint={split: transitions for split, (_, transitions) in counts.items()},
+        action_bounds=_action_bounds(f"npz:{path}", train["action_dim"], options, None),
+        eval_env=_eval_env(options), npz_keys=train["keys"],
+    )
+
+
+def _refuse_options(where: str, options: dict, why: str, names) -> None:
+    for name in names:
+        if options.get(name) is not None:
+            raise DataError(f"--{name}={options[name]}: not for {where} ({why}); drop --{name}.")
+
+
+def _eval_env(options: dict) -> str | None:
+    """--eval_env, checked to be a registered gymnasium id (nothing else is ever made an env)."""
+    env_id = options.get("eval_env")
+    if env_id is None:
+        return None
+    import gymnasium
+
+    if env_id not in gymnasium.envs.registry:
+        raise DataError(f"--eval_env={env_id}: not a registered gymnasium env id (e.g. Pendulum-v1, Hopper-v5); "
+                        f"use the id the data was recorded in.")
+    return env_id
+
+
+def _action_bounds(where: str, action_dim: int, options: dict, dataset_bounds) -> dict | None:
+    """Bounds to map actions from: --action_low/--action_high, else the dataset's own action space,
+    else a registered --eval_env's action space, else None (actions must already lie in [-1, 1])."""
+    given = action_bounds.from_flags(options.get("action_low"), options.get("action_high"), action_dim)
+    if given:
+        return given
+    if dataset_bounds is not None:
+        return action_bounds.checked(where, *dataset_bounds, action_dim)
+    if options.get("eval_env"):
+        return action_bounds.from_registered_env(_eval_env(options), action_dim)
+    return None
+
+
+def _open_tf_agents(pattern: str, env: str | None, options: dict) -> Source:
     """Trajectory files as a Source whose inputs are split -> file paths and whose sizes count files
     (a Beam shard reads whole files; many files make many shards)."""
     from data import tf_agents_source  # imports TensorFlow: only for this kind
@@ -175,6 +282,8 @@ def _open_tf_agents(pattern: str, env: str | None) -> Source:
             f"--env={env}: TF-Agents trajectories carry their own rewards (stored under "
             f"'{tf_agents_source.REWARD_KEY}'); there are no task rewards to relabel: drop --env"
         )
+    _refuse_options(f"tf_agents:{pattern}", options, "TF-Agents action specs must already be bounded to [-1, 1]",
+                    ("action_low", "action_high"))
     if "://" not in pattern:
         pattern = os.path.abspath(pattern)
     found = tf_agents_source.describe(pattern)
@@ -183,25 +292,29 @@ def _open_tf_agents(pattern: str, env: str | None) -> Source:
         reward_kind=None, obs_dim=found["obs_dim"], action_dim=found["action_dim"],
         reward_keys=(tf_agents_source.REWARD_KEY,), targets={}, inputs=found["inputs"],
         sizes={split: len(paths) for split, paths in found["inputs"].items()},
-        transitions_hint=found["transitions"],
+        transitions_hint=found["transitions"], eval_env=_eval_env(options),
     )
 
 
-def open_source(spec: str, env: str | None = None) -> Source:
-    """Checks and describes 'ogbench:PATH.npz', 'minari:DATASET_ID' or 'tf_agents:PATH'; DataError
-    if unusable.
+def open_source(spec: str, env: str | None = None, eval_env: str | None = None, action_low: str | None = None,
+                action_high: str | None = None) -> Source:
+    """Checks and describes 'ogbench:PATH.npz', 'minari:DATASET_ID', 'npz:PATH.npz' or
+    'tf_agents:PATH'; DataError if unusable.
 
     `env` overrides the env family that is otherwise read from the file or dataset name.
+    `eval_env` (a registered gymnasium id), `action_low`/`action_high` ('L' or 'L1,L2,...', env
+    units) describe a generic source's env: see data/action_bounds.py for the bounds rule.
     """
+    options = {"eval_env": eval_env, "action_low": action_low, "action_high": action_high}
     kind, sep, rest = str(spec).partition(":")
     if not sep or kind not in KINDS or not rest:
         raise DataError(
             f"--input={spec!r}: use 'ogbench:PATH/NAME.npz' (OGBench play data, NAME-val.npz beside "
-            f"it), 'minari:DATASET_ID' (a local Minari dataset) or 'tf_agents:PATH' (TF-Agents "
-            f"trajectory files)."
+            f"it), 'minari:DATASET_ID' (a local Minari dataset), 'npz:PATH/NAME.npz' (D4RL layout) or "
+            f"'tf_agents:PATH' (TF-Agents trajectory files)."
         )
-    opener = {"ogbench": _open_ogbench, "minari": _open_minari, "tf_agents": _open_tf_agents}[kind]
-    source = opener(rest, env)
+    opener = {"ogbench": _open_ogbench, "minari": _open_minari, "npz": _open_npz, "tf_agents": _open_tf_agents}[kind]
+    source = opener(rest, env, options)
     for split, count in source.transitions_hint.items():
         if not count:  # every shard would be empty: no dataset to train or validate on
             named = source.inputs[split]
@@ -259,6 +372,7 @@ def release_caches() -> None:
     """Drops the arrays/datasets that reads cached in this process (in-process Beam runs)."""
     ogbench_source._load_cached.cache_clear()
     minari_source._open.cache_clear()
+    npz_source.release_caches()
 
 
 def combined_checksum(checksums: dict) -> str:

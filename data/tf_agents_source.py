@@ -55,7 +55,7 @@ TRANSITION_FIELDS = ("step_type", "next_step_type", "observation", "action", "re
 # How far a bounded action spec may pass +-1 (float32 rounding) before it is not SORL's range.
 BOUND_TOLERANCE = 1e-6
 READ_BATCH = 4096  # records parsed per tf.io.parse_example call
-REWARD_KEY = "default"  # TF-Agents records one reward: stored as rewards/default, masks/default
+REWARD_KEY = schema.DEFAULT_REWARD_KEY  # TF-Agents records one reward: stored as rewards/default, masks/default
 VALIDATION_SUFFIX = "-val"
 
 

@@ -307,7 +307,8 @@ class RolloutEpisodeFn(beam.DoFn):
 
 
 class WriteShardFn(beam.DoFn):
-    """ShardTask -> OUT/<shard file> (TFRecord) and OUT/.stats/<shard file>.json."""
+    """ShardTask -> OUT/<shard file> (TFRecord) and OUT/.stats/<shard file>.json (statistics, and
+    the episode returns of sources with their own rewards)."""
 
     ROWS_PER_CHUNK = 10_000  # ogbench rows encoded per numpy pass
     EPISODES_PER_CHUNK = 20  # minari episodes per pass
@@ -326,7 +327,7 @@ class WriteShardFn(beam.DoFn):
     @report_data_errors
     def process(self, task):
         step = self.ROWS_PER_CHUNK if self._source.kind == "ogbench" else self.EPISODES_PER_CHUNK
-        summary, count, episodes, written = {}, 0, 0, 0
+        summary, count, episodes, written, returns = {}, 0, 0, 0, []
         path = join(self._out_dir, task.file_name)
         try:
             handle = create(path)
@@ -334,7 +335,8 @@ class WriteShardFn(beam.DoFn):
             raise output_error(path, error) from None
         with handle:
             for start in range(task.start, task.stop, step):
-                columns, chunk_episodes = self._source.read(task.split, start, min(start + step, task.stop))
+                columns, chunk_episodes, chunk_returns = self._source.read_chunk(
+                    task.split, start, min(start + step, task.stop))
                 blob = self._encoder.encode_and_frame(columns)
                 try:
                     handle.write(blob)
@@ -343,9 +345,10 @@ class WriteShardFn(beam.DoFn):
                 written += len(blob)
                 count += len(columns[next(iter(columns))])
                 episodes += chunk_episodes
+                returns = None if chunk_returns is None else returns + list(chunk_returns)
                 summary = stats_lib.merge_all([summary, stats_lib.summarise(columns)])
         record = {"file": task.file_name, "split": task.split, "index": task.index, "count": count,
-                  "episodes": episodes, "bytes": written,
+                  "episodes": episodes, "bytes": written, "returns": returns,
                   "stats": {name: value.to_state() for name, value in summary.items()}}
         write_json(join(self._out_dir, STATS_DIR, f"{task.file_name}.json"), record)
         yield task.file_name

@@ -18,13 +18,6 @@ from pipeline.preprocess import preprocess
 OBS_DIM, ACTION_DIM = 3, 2
 
 
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
 def _episodes(rng, lengths, terminated_last=(False,)):
     episodes = []
     for index, steps in enumerate(lengths):

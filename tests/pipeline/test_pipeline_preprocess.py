@@ -360,3 +360,16 @@ def test_the_family_named_by_the_file_refuses_other_sizes(tmp_path, field, width
     _cli_fails([f"--input=ogbench:{path}", f"--output={tmp_path / 'out'}"],
                path, f"field '{field}' has width {width}", f"env cube-single-play records {expected}")
     _nothing_written(tmp_path, "in")
+
+
+def test_command_line_takes_eval_env_and_action_bounds(tmp_path, capsys):
+    from data import gym_recording
+
+    episodes = gym_recording.record("Pendulum-v1", 2, seed=0, max_steps=10)
+    path = gym_recording.write_npz(str(tmp_path / "own.npz"), episodes)
+    preprocess_module.main([f"--input=npz:{path}", f"--output={tmp_path / 'out'}", "--eval_env=Pendulum-v1",
+                            "--action_low=-4", "--action_high=4"])
+    metadata = reader.load_metadata(str(tmp_path / "out"))
+    assert metadata["eval_env"] == "Pendulum-v1"
+    assert metadata["action_bounds"] == {"low": [-4.0], "high": [4.0]}  # the flags win over the env's [-2, 2]
+    assert "wrote" in capsys.readouterr().out
