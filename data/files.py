@@ -13,6 +13,8 @@ import csv
 import json
 import os
 import re
+import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -97,3 +99,40 @@ def save_figure(figure, path, dpi: int = 120) -> Path:
         figure.savefig(temporary, dpi=dpi)
     plt.close(figure)
     return Path(path)
+
+
+# Staging folders of whole-directory outputs, named after host and process so that the next run
+# can tell a killed job's leftovers from a running job's folder.
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def staging_path(parent: str, prefix: str) -> str:
+    """A fresh hidden working folder name in `parent`: PREFIX.tmp-HOST-PID-XXXXXXXX."""
+    return os.path.join(parent, f"{prefix}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str, prefix: str) -> list:
+    """Removes the `staging_path(parent, prefix)` folders (and their '.old' trash) left by killed
+    jobs: those made on this host by a process that no longer runs. Returns the removed paths.
+    Remote filesystems are left alone (no process to ask about)."""
+    if "://" in str(parent) or not os.path.isdir(parent):
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}(?:\.old)?$")
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        match = pattern.match(name)
+        if match and match["host"] == _host() and not _process_alive(int(match["pid"])):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed

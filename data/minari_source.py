@@ -29,7 +29,7 @@ import shutil
 
 import numpy as np
 
-from data import action_bounds, ogbench_source, relabel, schema
+from data import action_bounds, files, ogbench_source, relabel, schema
 from data.errors import DataError
 
 DEFAULT_REWARD_KEY = schema.DEFAULT_REWARD_KEY
@@ -79,11 +79,9 @@ def create_local_dataset(dataset_id: str, buffers: list, root: str, **writer_arg
 
     import minari
 
-    from pipeline import beam_jobs
-
     os.makedirs(root, exist_ok=True)
-    beam_jobs.remove_stale_staging(root, ".minari")
-    scratch = beam_jobs.staging_path(root, ".minari")
+    files.remove_stale_staging(root, ".minari")
+    scratch = files.staging_path(root, ".minari")
     os.makedirs(scratch)
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = scratch

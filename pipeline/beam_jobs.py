@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import uuid
 import warnings
 
@@ -33,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data import stats as stats_lib
+from data.files import remove_stale_staging, staging_path
 from data.errors import DataError
 from pipeline import beam_runners
 
@@ -165,41 +165,6 @@ def output_error(path: str, error: OSError) -> DataError:
     """The one-line DataError for an output location the job cannot write."""
     return DataError(f"{path}: cannot write the output there ({error.strerror or error}"
                      f"{': ' + str(error.filename) if error.filename else ''}); choose a writable --output.")
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
-
-
-def staging_path(parent: str, prefix: str) -> str:
-    """A fresh hidden working folder name in `parent`: PREFIX.tmp-HOST-PID-XXXXXXXX."""
-    return join(parent, f"{prefix}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_staging(parent: str, prefix: str) -> list:
-    """Removes the `staging_path(parent, prefix)` folders (and their '.old' trash) left by killed
-    jobs: those made on this host by a process that no longer runs. Returns the removed paths.
-    Remote filesystems are left alone (no process to ask about)."""
-    if is_remote(parent) or not os.path.isdir(parent):
-        return []
-    pattern = re.compile(rf"^{re.escape(prefix)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}(?:\.old)?$")
-    removed = []
-    for name in sorted(os.listdir(parent)):
-        match = pattern.match(name)
-        if match and match["host"] == _host() and not _process_alive(int(match["pid"])):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed.append(os.path.join(parent, name))
-    return removed
 
 
 class StagedDirectory:

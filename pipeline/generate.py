@@ -186,8 +186,8 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
         except OSError as error:
             raise beam_jobs.output_error(output_dir, error) from None
 
-    beam_jobs.remove_stale_staging(output_dir, ".generate")  # those of killed runs
-    work_dir = beam_jobs.staging_path(output_dir, ".generate")
+    files.remove_stale_staging(output_dir, ".generate")  # those of killed runs
+    work_dir = files.staging_path(output_dir, ".generate")
     episodes_dir = beam_jobs.join(work_dir, beam_jobs.EPISODES_DIR)
     tasks = ([play_data.EpisodeTask("train", i, seed) for i in range(episodes)]
              + [play_data.EpisodeTask("val", i, seed) for i in range(val_episodes)])
