@@ -16,6 +16,7 @@ Datasets are looked up under MINARI_DATASETS_PATH (default ~/.minari/datasets).
 
 import functools
 import os
+import shutil
 
 import numpy as np
 
@@ -58,6 +59,47 @@ def data_path(dataset_id: str) -> str:
 
 def exists(dataset_id: str) -> bool:
     return os.path.isdir(data_path(dataset_id))
+
+
+def create_local_dataset(dataset_id: str, buffers: list, root: str, **writer_args) -> str:
+    """Writes a Minari dataset with minari.create_dataset_from_buffers(dataset_id, buffers,
+    **writer_args) into `root` whole: built in a scratch root (minari writes where
+    MINARI_DATASETS_PATH points at call time) and renamed into place, replacing an existing one.
+    Returns the dataset's directory."""
+    import warnings
+
+    import minari
+
+    from pipeline import beam_jobs
+
+    os.makedirs(root, exist_ok=True)
+    beam_jobs.remove_stale_staging(root, ".minari")
+    scratch = beam_jobs.staging_path(root, ".minari")
+    os.makedirs(scratch)
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = scratch
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # minari warns about optional metadata fields
+            minari.create_dataset_from_buffers(dataset_id, buffers, **writer_args)
+        namespace, _, _ = _parse(dataset_id)
+        if namespace:
+            os.makedirs(os.path.join(root, namespace), exist_ok=True)
+            namespace_metadata = os.path.join(scratch, namespace, "namespace_metadata.json")
+            if os.path.exists(namespace_metadata) and not os.path.exists(
+                    os.path.join(root, namespace, "namespace_metadata.json")):
+                shutil.copy(namespace_metadata, os.path.join(root, namespace))
+        final = os.path.join(root, dataset_id)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(os.path.join(scratch, dataset_id), final)
+        return final
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=4)

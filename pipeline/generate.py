@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
 import numpy as np
 
@@ -133,45 +132,19 @@ def _minari_buffers(episodes: list) -> list:
 
 
 def _write_minari(family, dataset_id: str, episodes: list, root: str, env_spec) -> str:
-    """Creates the Minari dataset in a scratch root and moves it into `root` whole."""
+    """Creates the Minari dataset in `root` whole (minari_source.create_local_dataset)."""
     import gymnasium
-    import minari
 
     obs_dim, action_dim = episodes[0]["observations"].shape[1], episodes[0]["actions"].shape[1]
-    beam_jobs.remove_stale_staging(root, ".minari")
-    scratch = beam_jobs.staging_path(root, ".minari")
-    os.makedirs(scratch)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = scratch  # minari reads it at call time
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # minari warns about optional metadata fields
-            minari.create_dataset_from_buffers(
-                dataset_id, _minari_buffers(episodes), env=env_spec,
-                observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
-                action_space=gymnasium.spaces.Box(-1.0, 1.0, (action_dim,), np.float32),
-                algorithm_name=f"CubePlanOracle(noise={play_data.ORACLE_NOISE}, "
-                               f"noise_smoothing={play_data.ORACLE_NOISE_SMOOTHING})",
-                author="sorl-tf pipeline/generate.py",
-                description=f"OGBench {family.dataset_name} play data regenerated with OGBench's scripted oracle.",
-            )
-        namespace = dataset_id.split("/")[0]
-        os.makedirs(os.path.join(root, namespace), exist_ok=True)
-        namespace_metadata = os.path.join(scratch, namespace, "namespace_metadata.json")
-        if os.path.exists(namespace_metadata) and not os.path.exists(os.path.join(root, namespace,
-                                                                                  "namespace_metadata.json")):
-            shutil.copy(namespace_metadata, os.path.join(root, namespace))
-        final = os.path.join(root, dataset_id)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(os.path.join(scratch, dataset_id), final)
-        return final
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-        shutil.rmtree(scratch, ignore_errors=True)
+    return minari_source.create_local_dataset(
+        dataset_id, _minari_buffers(episodes), root, env=env_spec,
+        observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+        action_space=gymnasium.spaces.Box(-1.0, 1.0, (action_dim,), np.float32),
+        algorithm_name=f"CubePlanOracle(noise={play_data.ORACLE_NOISE}, "
+                       f"noise_smoothing={play_data.ORACLE_NOISE_SMOOTHING})",
+        author="sorl-tf pipeline/generate.py",
+        description=f"OGBench {family.dataset_name} play data regenerated with OGBench's scripted oracle.",
+    )
 
 
 def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODES, output_dir: str | None = None,
