@@ -79,27 +79,23 @@ def run_env(args, metadata: Optional[dict]) -> Optional[str]:
 
 def resolve_config(args, metadata: Optional[dict] = None) -> run_config.RunConfig:
     """The env's preset (or --preset's), then the typed flags (unset ones skipped), then --set KEY=VALUE.
-    `metadata`: the --data dataset's; on own rewards its 'eval_env' unless --eval_env is given."""
+    `metadata`: the --data dataset's; on own rewards its 'eval_env' unless --eval_env is given. An eval env
+    id that gymnasium does not know in this process is refused (UnregisteredEnv, naming where it came from)
+    unless --eval_episodes=0."""
     env = run_env(args, metadata)
-    eval_env = args.eval_env
+    eval_env, where = args.eval_env, "--eval_env"
     if env is None and eval_env is None and metadata is not None:
-        eval_env = metadata.get("eval_env")
+        eval_env, where = metadata.get("eval_env"), f"{pathlib.Path(args.data) / 'metadata.json'}: field 'eval_env'"
+    if eval_env is not None and args.eval_episodes != 0:
+        from pipeline import environments
+
+        environments.check_registered(eval_env, where)
     values = {
         "task": args.task, "gradient_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
         "eval_env": eval_env,
     }
     return run_config.make_run_config(env, values=values, overrides=args.set, preset=args.preset)
-
-
-def check_eval_env(config: run_config.RunConfig, args) -> None:
-    """UnregisteredEnv (a ValueError) naming where the eval env id came from when gymnasium does not know it."""
-    if config.data.eval_env is None or config.schedule.eval_episodes == 0:
-        return
-    from pipeline import environments
-
-    where = "--eval_env" if args.eval_env else f"{pathlib.Path(args.data) / 'metadata.json'}: field 'eval_env'"
-    environments.check_registered(config.data.eval_env, where)
 
 
 def default_workdir(config: run_config.RunConfig, data_dir=None) -> pathlib.Path:
@@ -114,7 +110,6 @@ def main(argv=None):
     try:
         metadata = reader.load_metadata(args.data) if args.data else None
         config = resolve_config(args, metadata)
-        check_eval_env(config, args)
     except ValueError as e:  # DataError and UnregisteredEnv too
         sys.exit(f"train.py: {e}")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config, args.data)
