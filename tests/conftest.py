@@ -119,3 +119,9 @@ def pendulum_dataset(tmp_path_factory) -> dict:
     result = write_recorded_dataset(PENDULUM_ID, root / "pendulum-mixed", root / "minari", train_episodes=6,
                                     val_episodes=2, max_steps=60)
     return dict(result, dir=root / "pendulum-mixed")
+
+
+@pytest.fixture(scope="session")
+def record_dataset():
+    """write_recorded_dataset(env_id, output, minari_root, train_episodes, ...) for tests that need their own."""
+    return write_recorded_dataset
