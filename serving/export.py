@@ -141,10 +141,11 @@ def reference_outputs(agent, variant: SignatureVariant, observations: np.ndarray
 def action_range(agent, slack: float = 1e-5) -> Tuple[np.ndarray, np.ndarray]:
     """(low, high) [action_dim] that every answer lies in: the env's bounds (agent.env_units), else [-1, 1],
     widened by `slack` of the range for float rounding in the map back to env units."""
-    units = agent.env_units
-    low = np.asarray(units.action_low if units.maps_actions else [-1.0] * agent.action_dim)
-    high = np.asarray(units.action_high if units.maps_actions else [1.0] * agent.action_dim)
-    margin = slack * (high - low) if units.maps_actions else 0.0
+    units = getattr(agent, "env_units", None)  # agent-like objects without units answer in [-1, 1]
+    maps = units is not None and units.maps_actions
+    low = np.asarray(units.action_low if maps else [-1.0] * agent.action_dim)
+    high = np.asarray(units.action_high if maps else [1.0] * agent.action_dim)
+    margin = slack * (high - low) if maps else 0.0
     return low - margin, high + margin
 
 
