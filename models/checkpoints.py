@@ -2,7 +2,9 @@
 
     RUN/config.json      {"agent": {...AgentConfig...}, "data": {env, task, episode_length},
                           "schedule": {gradient_steps, log_every, ...}, "obs_dim": 28, "action_dim": 5,
-                          "data_dir": "...", "strategy": "default"}   (pipeline.config.save_run_config)
+                          "data_dir": "...", "strategy": "default",
+                          "dataset": {action_bounds, observation_statistics, ...}}   (pipeline.config.save_run_config;
+                                     "dataset" absent in runs written before it: identity units)
     RUN/checkpoints/     tf.train.CheckpointManager files: ckpt-<step>.index/.data-*, checkpoint
 
 Runs written before the agent and run configs were split hold {"config": {flat SORLConfig},
@@ -209,13 +211,17 @@ def load_agent(workdir, checkpoint_path: Optional[str] = None,
     agent.act, not part of the run.
     """
     from models.sorl import SORLAgent  # here: checkpoints is imported by code that never builds agents
+    from models.units import EnvUnits
 
     run = read_config_file(workdir)
+    path = Path(workdir) / CONFIG_FILE
     try:
         config = agent_config_from_dict(run["agent"])
+        units = EnvUnits.from_run_dataset(run.get("dataset"), config.normalize_observations, run["obs_dim"],
+                                          run["action_dim"], where=f"{path}: 'dataset'")
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{Path(workdir) / CONFIG_FILE}: {error}") from None
-    agent = SORLAgent(config, run["obs_dim"], run["action_dim"])
+        raise ValueError(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
+    agent = SORLAgent(config, run["obs_dim"], run["action_dim"], env_units=units)
     if checkpoint_path is None:
         directory = Path(workdir) / CHECKPOINT_DIR
         try:

@@ -37,6 +37,10 @@ class AgentConfig:
     q_loss_coef: float = 10.0  # Weight of the normalised Q loss in the actor objective.
     fm_coef: float = 10.0  # Weight of the flow-matching loss.
     sc_coef: float = 10.0  # Weight of the self-consistency loss.
+    reward_scale: float = 1.0  # Rewards are multiplied by this before the Bellman target.
+
+    # Inputs.
+    normalize_observations: bool = False  # Standardise observations with the training split's mean/std.
 
     # Shortcut model.
     m_disc: int = 8  # Finest discretisation (flow matching at h = 1/m_disc); a power of two.
@@ -174,6 +178,8 @@ AGENT_RULES = {
     "q_loss_coef": real(0),
     "fm_coef": real(0),
     "sc_coef": real(0),
+    "reward_scale": real(0, low_open=True),
+    "normalize_observations": flag(),
     "m_disc": power_of_two(2),  # self-consistency needs two levels
     "m_btt": power_of_two(1),
     "t_eps": real(0, 1),

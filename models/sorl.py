@@ -1,10 +1,15 @@
 """The SORL agent as a Keras model: networks, optimizers, one-stage training step, and the policy.
 
     with strategy.scope():                          # optional (tf.distribute.MirroredStrategy)
-        agent = SORLAgent(agent_config, obs_dim, action_dim)   # models.config.AgentConfig
+        agent = SORLAgent(agent_config, obs_dim, action_dim, env_units)   # models.config.AgentConfig
         agent.compile(jit_compile=True)
     agent.fit(dataset, steps_per_epoch=..., epochs=...)   # dataset: data.reader.make_dataset(...)
-    actions = agent.act(observations, euler_steps=4, num_samples=1)
+    actions = agent.act(observations, euler_steps=4, num_samples=1)   # raw observations -> env units
+
+Units (models/units.py): the networks learn [-1, 1] actions and, with config.normalize_observations,
+standardised observations; `act`, `q_values` and the policies take raw observations and env-unit
+actions, through `env_units` (identity without action bounds and statistics, e.g. OGBench).
+Rewards are multiplied by config.reward_scale inside the update.
 
 One update (SPEC section 3): a critic step (own Adam), then an actor step (own Adam) on
 L_actor = fm_coef * L_FM + sc_coef * L_SC + q_loss_coef * L_Q using the updated critic, then both
@@ -30,6 +35,7 @@ import tensorflow as tf
 
 from models import losses, networks, noise as noise_lib, sampling
 from models.config import AgentConfig, agent_config_from_dict, agent_config_to_dict
+from models.units import EnvUnits
 
 METRIC_NAMES = (
     "critic/loss",
@@ -106,15 +112,31 @@ class SORLAgent(keras.Model):
     Attributes: actor, target_actor (ShortcutActor), critic, target_critic (CriticEnsemble),
     actor_optimizer, critic_optimizer (Adam), training_steps (int64: updates done; the training
     random stream's counter), evaluation_draws and act_draws (counters of the other streams).
-    `tf.train.Checkpoint(agent=agent)` saves and restores all of them.
+    `tf.train.Checkpoint(agent=agent)` saves and restores all of them. `env_units` (models/units.py,
+    constants, not variables) maps actions to the env's bounds and standardises observations; it
+    must hold observation statistics when config.normalize_observations is set.
     """
 
-    def __init__(self, config: AgentConfig, obs_dim: int, action_dim: int, **kwargs):
+    def __init__(self, config: AgentConfig, obs_dim: int, action_dim: int, env_units: Optional[EnvUnits] = None,
+                 **kwargs):
         kwargs.setdefault("name", "sorl_agent")
         super().__init__(**kwargs)
         self.config = config
         self.obs_dim = int(obs_dim)
         self.action_dim = int(action_dim)
+        env_units = env_units or EnvUnits()
+        if config.normalize_observations != env_units.normalizes_observations:
+            raise ValueError(
+                f"SORLAgent: normalize_observations={config.normalize_observations} but env_units "
+                f"{'has' if env_units.normalizes_observations else 'has no'} observation statistics; build the "
+                "units with EnvUnits.from_run_dataset(..., normalize_observations=config.normalize_observations).")
+        for name, values, size in (("action_low", env_units.action_low, self.action_dim),
+                                   ("action_high", env_units.action_high, self.action_dim),
+                                   ("observation_mean", env_units.observation_mean, self.obs_dim),
+                                   ("observation_std", env_units.observation_std, self.obs_dim)):
+            if values is not None and len(values) != size:
+                raise ValueError(f"SORLAgent: env_units.{name} has {len(values)} values; expected {size}.")
+        self.env_units = env_units
 
         def make_actor(name):
             return networks.ShortcutActor(
@@ -194,14 +216,16 @@ class SORLAgent(keras.Model):
             "config": agent_config_to_dict(self.config),
             "obs_dim": self.obs_dim,
             "action_dim": self.action_dim,
+            "env_units": self.env_units.to_dict(),
             "name": self.name,
         }
 
     @classmethod
     def from_config(cls, config):
-        """Inverse of get_config; "config" may also be the old flat SORLConfig dict."""
+        """Inverse of get_config; "config" may also be the old flat SORLConfig dict (no env_units)."""
         config = dict(config)
-        return cls(agent_config_from_dict(config.pop("config")), **config)
+        env_units = EnvUnits.from_dict(config.pop("env_units", None))
+        return cls(agent_config_from_dict(config.pop("config")), env_units=env_units, **config)
 
     # ------------------------------------------------------------------------------------ training
     def train_step(self, batch):
@@ -241,6 +265,7 @@ class SORLAgent(keras.Model):
         """
         context = _replica_context()
         config = self.config
+        batch = self._network_batch(batch)
         local_size = tf.shape(batch["observations"])[0]
         global_size = context.all_reduce(tf.distribute.ReduceOp.SUM, local_size)
         # Each replica's loss is a mean over its rows; weighting by its share of the global batch
@@ -274,6 +299,19 @@ class SORLAgent(keras.Model):
         for name, value in values.items():
             self._trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _network_batch(self, batch):
+        """The batch as the networks learn from it: standardised observations (when configured) and
+        rewards times reward_scale; the stored actions are already in [-1, 1]."""
+        units, scale = self.env_units, self.config.reward_scale
+        if not units.normalizes_observations and scale == 1.0:
+            return batch
+        batch = dict(batch)
+        for key in ("observations", "next_observations"):
+            batch[key] = units.normalize_observations(batch[key])
+        if scale != 1.0:
+            batch["rewards"] = batch["rewards"] * scale
+        return batch
 
     def _critic_gradients(self, batch, draws, share):
         """(gradient of share * L_critic w.r.t. the critic's weights, L_critic, info) on this replica's rows."""
@@ -364,7 +402,8 @@ class SORLAgent(keras.Model):
     # ------------------------------------------------------------------------------------- policy
     def act(self, observations, euler_steps: Optional[int] = None, num_samples: int = 1, seed=None, noise=None,
             cap_step_level: bool = False):
-        """Actions [B, action_dim] in [-1, 1] for observations [B, obs_dim] (the one sampling path).
+        """Actions [B, action_dim] in env units (in [-1, 1] mapped to the env's bounds; [-1, 1] itself
+        without bounds) for raw observations [B, obs_dim] (the one sampling path).
 
         euler_steps: python int k (default config.inference_euler_steps; may exceed m_btt).
         num_samples: python int N; N > 1 returns the candidate with the highest agg(Q(s, a, k)).
@@ -392,9 +431,11 @@ class SORLAgent(keras.Model):
             if num_samples != 1 and noise.shape[1] != num_samples:
                 raise ValueError(f"act: num_samples={num_samples} but noise has N={noise.shape[1]} samples.")
         max_level = math.log2(self.config.m_disc) if cap_step_level else None
-        return sampling.sample_actions(
-            self.actor, self.critic, observations, noise, euler_steps, self.config.q_agg, max_level=max_level
+        actions = sampling.sample_actions(
+            self.actor, self.critic, self.env_units.normalize_observations(observations), noise, euler_steps,
+            self.config.q_agg, max_level=max_level
         )
+        return self.env_units.to_env_actions(actions)
 
     def _act_noise(self, batch_size, num_samples: int, seed):
         shape = tf.stack([batch_size, num_samples, self.action_dim])
@@ -404,12 +445,14 @@ class SORLAgent(keras.Model):
         self.act_draws.assign_add(1)
         return tf.random.stateless_normal(shape, seed=key)
 
-    def q_values(self, observations, actions, euler_steps):
-        """agg(Q(s, a, k)) [B] (agg = config.q_agg) for actions produced with k = `euler_steps` Euler steps."""
-        observations = tf.convert_to_tensor(observations, tf.float32)
-        actions = tf.convert_to_tensor(actions, tf.float32)
+    def q_values(self, observations, actions, euler_steps, target: bool = False):
+        """agg(Q(s, a, k)) [B] (agg = config.q_agg) for raw observations and env-unit actions (as `act`
+        returns them) produced with k = `euler_steps` Euler steps; `target`: the target critic's."""
+        observations = self.env_units.normalize_observations(tf.convert_to_tensor(observations, tf.float32))
+        actions = self.env_units.from_env_actions(tf.convert_to_tensor(actions, tf.float32))
         step_feature = tf.fill([tf.shape(observations)[0]], tf.cast(euler_steps, tf.float32))
-        return sampling.aggregate_q(self.critic(observations, actions, step_feature), self.config.q_agg)
+        critic = self.target_critic if target else self.critic
+        return sampling.aggregate_q(critic(observations, actions, step_feature), self.config.q_agg)
 
     def make_policy_fn(self, euler_steps: Optional[int] = None, num_samples: int = 1, jit_compile: bool = True,
                        cap_step_level: bool = False):

@@ -209,19 +209,36 @@ class PeriodicCheckpoint(AtMultiples):
         save_checkpoint(self.manager, step)
 
 
+def can_evaluate(data, say: Callable[[str], None] = print) -> bool:
+    """Whether a run on `data` (a pipeline.config.DataSpec) has an env to evaluate in; says once why not."""
+    if data.env is not None or data.eval_env is not None:
+        return True
+    say("No evaluation env: the dataset names none (metadata.json 'eval_env') and no --eval_env was given; "
+        "training without in-env evaluation.")
+    return False
+
+
 class PeriodicEvaluation(AtMultiples):
     """Every `every` gradient steps (0: only when `evaluate` is called), each Euler-step budget k in
     `budgets` on `episodes` real-environment episodes: rows to `eval_log`, scalars to TensorBoard.
 
+    An OGBench run reports success rate and mean return per k; a run on a dataset's own rewards the
+    mean and std of the undiscounted return and, when its `dataset` record (pipeline.config.dataset_record)
+    has reference scores, the normalised score, with the dataset's mean and best episode returns
+    as reference lines in the plot.
     The episodes' seed is the same at every step, so learning curves compare like with like.
     """
 
     def __init__(self, state: TrainingState, agent, data, episodes: int, seed: int, every: int, eval_log,
-                 writer, say: Callable[[str], None] = print, budgets: Sequence[int] = EVAL_BUDGETS):
+                 writer, say: Callable[[str], None] = print, budgets: Sequence[int] = EVAL_BUDGETS,
+                 dataset: Optional[dict] = None):
         super().__init__(state, every)
-        from pipeline import policies  # here: the environments load only when a run evaluates
+        from pipeline import environments, policies, scores  # here: the environments load only when a run evaluates
 
         self.data = data
+        self.env = environments.evaluation_env(data)
+        self.own_rewards = data.env is None
+        self.reference = scores.ReturnReference.from_record(dataset)
         self.episodes = episodes
         self.seed = seed
         self.eval_log = eval_log
@@ -242,20 +259,45 @@ class PeriodicEvaluation(AtMultiples):
         for k, policy in self.policies.items():
             start = time.perf_counter()
             result = rollouts.evaluate_policy(
-                policy, env=self.data.env, task=self.data.task, episodes=self.episodes, seed=self.seed,
+                policy, env=self.env, task=self.data.task, episodes=self.episodes, seed=self.seed,
                 episode_length=self.data.episode_length,
             )
-            rows.append(dict(
-                step=step, task=self.data.task, steps_k=k, num_samples=1,
-                success_rate=float(result["success_rate"]), mean_return=float(result["mean_return"]),
-                episodes=int(result["episodes"]), seconds=round(time.perf_counter() - start, 3),
-            ))
+            seconds = round(time.perf_counter() - start, 3)
+            if self.own_rewards:
+                rows.append(dict(
+                    step=step, steps_k=k, num_samples=1, mean_return=float(result["mean_return"]),
+                    return_std=float(result["return_std"]),
+                    normalized_score=self.reference.normalized_score(result["mean_return"]),
+                    episodes=int(result["episodes"]), seconds=seconds,
+                ))
+            else:
+                rows.append(dict(
+                    step=step, task=self.data.task, steps_k=k, num_samples=1,
+                    success_rate=float(result["success_rate"]), mean_return=float(result["mean_return"]),
+                    episodes=int(result["episodes"]), seconds=seconds,
+                ))
         self.eval_log.append(rows)
-        self.eval_log.plot(f"{self.data.env} task {self.data.task}")
+        if self.own_rewards:
+            self.eval_log.plot(f"{self.data.eval_env} (the dataset's own rewards)", reference=self.reference)
+        else:
+            self.eval_log.plot(f"{self.data.env} task {self.data.task}")
         with self.writer.as_default(step=step):
             for r in rows:
-                tf.summary.scalar(f"eval/success_k{r['steps_k']}", r["success_rate"])
-                tf.summary.scalar(f"eval/return_k{r['steps_k']}", r["mean_return"])
+                k = r["steps_k"]
+                tf.summary.scalar(f"eval/return_k{k}", r["mean_return"])
+                if not self.own_rewards:
+                    tf.summary.scalar(f"eval/success_k{k}", r["success_rate"])
+                    continue
+                tf.summary.scalar(f"eval/return_std_k{k}", r["return_std"])
+                if self.reference.has_scores:
+                    tf.summary.scalar(f"eval/normalized_score_k{k}", r["normalized_score"])
         self.writer.flush()
-        self.say(f"step {step}: success " + " ".join(f"k={r['steps_k']}:{100 * r['success_rate']:.0f}%" for r in rows))
+        if self.own_rewards:
+            score = " ".join(f"k={r['steps_k']}:{r['normalized_score']:.1f}" for r in rows)
+            self.say(f"step {step}: return " + " ".join(
+                f"k={r['steps_k']}:{r['mean_return']:.1f}+-{r['return_std']:.1f}" for r in rows)
+                + (f"; normalised score {score}" if self.reference.has_scores else ""))
+        else:
+            self.say(f"step {step}: success " + " ".join(
+                f"k={r['steps_k']}:{100 * r['success_rate']:.0f}%" for r in rows))
         return rows

@@ -23,23 +23,31 @@ def local_beam_args() -> list[str]:
 
 
 def check_dataset_matches(data, data_dir, metadata: dict) -> None:
-    """DataError unless the dataset has rewards for `data.task` and comes from `data.env`.
+    """DataError unless the dataset has the rewards `data` trains on and comes from `data.env`.
 
-    Training reads the rewards of OGBench task `data.task` ('task{n}') and evaluates in the env
-    family's OGBench environment, so a dataset of another family, or one that stores only its
-    source's own rewards (a Minari dataset not recorded in an OGBench env), cannot train this run.
-    `data` is a pipeline.config.DataSpec (env, task).
+    An OGBench run (`data.env` set) reads the rewards of task `data.task` ('task{n}') and evaluates
+    in the env family's OGBench environment, so a dataset of another family, or one that stores only
+    its source's own rewards, cannot train it. A run on a dataset's own rewards (`data.env` None)
+    reads reward key 'default', which every non-OGBench source stores. `data` is a
+    pipeline.config.DataSpec.
     """
     path = Path(data_dir) / "metadata.json"
     keys = list(metadata["reward_keys"])
-    wanted = schema.reward_key(data.task)  # 'task{n}', the key the reader will look up
+    wanted = data.reward_key  # the key the reader will look up
     if wanted not in keys:
         tasks = [key for key in keys if key.startswith("task")]
+        if data.env is None:
+            raise DataError(
+                f"{path}: field 'reward_keys' is {keys}, with no '{wanted}' (a source's own rewards): this dataset "
+                f"holds OGBench task rewards of field 'env' {metadata.get('env')!r}; train on them with "
+                f"--env={metadata.get('env') or 'FAMILY'} --task=N.")
         hint = (f"pick --task from {[int(key[4:]) for key in tasks]}" if tasks else
-                "this dataset stores only its source's own rewards; train.py trains OGBench task rewards "
-                "(it evaluates in the OGBench env). Minari episodes recorded in an OGBench env (with "
-                "infos['qpos']) get task rewards from preprocess.py --env=FAMILY")
+                "this dataset stores only its source's own rewards: leave out --env to train on them "
+                "(train.py --data=DIR). Minari episodes recorded in an OGBench env (with infos['qpos']) get "
+                "task rewards from preprocess.py --env=FAMILY")
         raise DataError(f"{path}: field 'reward_keys' is {keys}, with no '{wanted}' for --task={data.task}: {hint}.")
+    if data.env is None:
+        return
     data_env = metadata.get("env")
     if data_env is not None and envs.resolve_env(data_env).name != data.env:
         raise DataError(f"{path}: field 'env' is {data_env!r} but this run's env is {data.env!r}: the agent "
@@ -60,6 +68,9 @@ def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Opti
         # A clear error now beats one after the agent is built.
         check_dataset_matches(data, data_dir, reader.load_metadata(data_dir))
         return Path(data_dir)
+    if data.env is None:
+        raise DataError("a run on a dataset's own rewards needs its prepared data: pass --data=DIR "
+                        "(pipeline/preprocess.py --input=minari:ID or npz:PATH --output=DIR makes it)")
     family = envs.resolve_env(data.env)
     dataset = family.dataset_name
     prepared = Path(artifacts) / "data" / dataset

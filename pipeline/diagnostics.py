@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from data import files
-from models import sampling
 from models.noise import noise_seeds, row_seeded_noise
 from pipeline import policies, rollouts
 
@@ -101,13 +100,13 @@ def validation_td_errors(agent, batches, euler_steps: int, seed: int = 0, cap_st
     @tf.function(reduce_retracing=True)
     def td(batch, seeds):
         observations, next_observations = batch["observations"], batch["next_observations"]
-        q = agent.q_values(observations, batch["actions"], euler_steps)
+        # q_values takes raw observations and env-unit actions (as act returns them); stored actions are in [-1, 1]
+        q = agent.q_values(observations, agent.env_units.to_env_actions(batch["actions"]), euler_steps)
         noise = row_seeded_noise(seeds, 1, int(agent.action_dim))
         next_actions = agent.act(next_observations, euler_steps=euler_steps, num_samples=1, noise=noise,
                                  cap_step_level=cap_step_level)
-        k = tf.fill(tf.shape(batch["rewards"]), float(euler_steps))
-        next_q = sampling.aggregate_q(agent.target_critic(next_observations, next_actions, k), config.q_agg)
-        target = batch["rewards"] + config.discount * batch["masks"] * next_q
+        next_q = agent.q_values(next_observations, next_actions, euler_steps, target=True)
+        target = config.reward_scale * batch["rewards"] + config.discount * batch["masks"] * next_q
         return q - target
 
     errors = []

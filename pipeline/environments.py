@@ -1,5 +1,11 @@
-"""Evaluation environments: OGBench single-task envs (named through data.envs) or custom callables,
-wrapped to report what evaluation reads, batched in a cached gymnasium vector env.
+"""Evaluation environments: OGBench single-task envs (named through data.envs), envs registered with
+gymnasium (`GymnasiumId`, the eval env of a dataset's own rewards) or custom callables, wrapped to
+report what evaluation reads, batched in a cached gymnasium vector env.
+
+A dataset names its eval env by id only. The env is built only from an id already registered with
+gymnasium in this process (by gymnasium itself or an installed package such as ogbench): never from
+an entry point a dataset carries, and never an id with a 'module:' prefix, which gymnasium.make
+would import.
 
 Success is OGBench's post-step success (SPEC 6): the environment is made with
 `success_timing='post'`, and an episode succeeds when `info['success']` of its *last* step is true.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -30,7 +37,52 @@ VECTORIZATION_CHOICES = ("auto", "sync", "async")
 # 'auto' uses worker processes from this many simulated steps per evaluation (50 cube episodes).
 ASYNC_MIN_ENV_STEPS = 10_000
 
-EnvSpec = Union[str, Callable[[], gymnasium.Env]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GymnasiumId:
+    """An evaluation env named by its gymnasium id, e.g. 'Pendulum-v1' (see the module docstring)."""
+
+    id: str
+
+
+EnvSpec = Union[str, GymnasiumId, Callable[[], gymnasium.Env]]
+
+
+class UnregisteredEnv(ValueError):
+    """An eval env id that gymnasium does not know in this process; the message names where it came from."""
+
+
+def check_registered(env_id, field: str = "eval_env") -> str:
+    """`env_id` when gymnasium in this process has it registered (OGBench's ids once ogbench is imported);
+    UnregisteredEnv naming `field` (e.g. "metadata.json: field 'eval_env'") and the value otherwise.
+    Nothing the id names is imported or called."""
+    if not isinstance(env_id, str) or ":" in env_id or not env_id.strip():
+        raise UnregisteredEnv(f"{field} is {env_id!r}: not a gymnasium env id (ids such as 'Pendulum-v1'; a "
+                              "'module:' prefix is never imported). Pass --eval_env=ID of a registered env.")
+    if env_id not in gymnasium.registry:
+        _import_ogbench()  # our own dependency: registers OGBench's ids
+    if env_id not in gymnasium.registry:
+        raise UnregisteredEnv(
+            f"{field} is {env_id!r}, which is not registered with gymnasium in this process (an env is built "
+            "only from an installed package's registered id, never from an entry point the dataset names): "
+            "install the package that registers it, pass --eval_env=ID of a registered env, or --eval_episodes=0 "
+            "to skip evaluation.")
+    return env_id
+
+
+def make_gymnasium_env(env_id: str, episode_length: Optional[int] = None) -> gymnasium.Env:
+    """One evaluation env from a registered id (module-level so vector env workers can rebuild it)."""
+    kwargs = {} if episode_length is None else {"max_episode_steps": int(episode_length)}
+    return EvaluationInfo(gymnasium.make(check_registered(env_id), **kwargs))
+
+
+def evaluation_env(data) -> EnvSpec:
+    """The env a run (its pipeline.config.DataSpec) is evaluated in: its OGBench family, or the gymnasium
+    id of a run on a dataset's own rewards (None when it names none)."""
+    if data.env is not None:
+        return data.env
+    return None if data.eval_env is None else GymnasiumId(data.eval_env)
 
 
 class EvaluationInfo(gymnasium.Wrapper):
@@ -113,7 +165,12 @@ def _make_custom_env(factory: Callable[[], gymnasium.Env], episode_length: Optio
 
 def env_factory(env: EnvSpec, task: Optional[int], episode_length: Optional[int]):
     """(picklable zero-argument factory, cache key, max episode steps or None) for an OGBench family
-    and task (any spelling data.envs accepts; DataError for an unknown env or task) or a callable."""
+    and task (any spelling data.envs accepts; DataError for an unknown env or task), a GymnasiumId
+    (UnregisteredEnv when gymnasium does not know it; `task` ignored) or a callable."""
+    if isinstance(env, GymnasiumId):
+        env_id = check_registered(env.id)
+        max_steps = gymnasium.spec(env_id).max_episode_steps if episode_length is None else int(episode_length)
+        return functools.partial(make_gymnasium_env, env_id, episode_length), (env_id, episode_length), max_steps
     if isinstance(env, str):
         family = env_families.resolve_env(env)
         env_id = family.eval_env_name(task)
@@ -126,7 +183,8 @@ def env_factory(env: EnvSpec, task: Optional[int], episode_length: Optional[int]
     if callable(env):
         max_steps = None if episode_length is None else int(episode_length)
         return functools.partial(_make_custom_env, env, episode_length), (id(env), episode_length), max_steps
-    raise TypeError(f"env={env!r}: expected an OGBench dataset family name or a callable returning a gymnasium.Env")
+    raise TypeError(f"env={env!r}: expected an OGBench dataset family name, a GymnasiumId or a callable returning "
+                    "a gymnasium.Env")
 
 
 def choose_vectorization(vectorization: str, num_envs: int, env_steps: Optional[int]) -> str:

@@ -1,4 +1,5 @@
-"""Evaluate a trained SORL policy over a grid of inference budgets in the real OGBench environment.
+"""Evaluate a trained SORL policy over a grid of inference budgets in the real environment: OGBench's,
+or for a run on a dataset's own rewards the gymnasium env it names (or --eval_env=GYM_ID).
 
     python pipeline/evaluate.py --workdir=RUN --task=all --episodes=50 --output=RUN/scaling
     python pipeline/evaluate.py --saved_model=RUN/export/1 --euler_steps=1,2,4,8 --candidates=1,4
@@ -23,7 +24,9 @@ several checkpoints or with --protocol=paper, protocol_rows.csv (every evaluatio
 (per seed and across seeds, per task and the mean over tasks), paper_table.md, paper_success_vs_k.png;
 with --diagnostics also diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
 actions: Q of the actions taken against their Monte-Carlo returns, and the TD error on the
-validation split). The work is pipeline.scaling.run_evaluation.
+validation split). On a dataset's own rewards: scaling.csv (no task; return_std and normalized_score
+columns) and return_vs_k.png, return_vs_N.png, return_vs_compute.png. The work is
+pipeline.scaling.run_evaluation.
 """
 
 import argparse
@@ -91,6 +94,8 @@ def parse_args(argv):
                         "writes paper_summary.csv, paper_table.md, paper_success_vs_k.png")
     p.add_argument("--env", help="OGBench dataset family or alias (default: the run's; cube-single-play for a "
                                  "SavedModel outside a run directory)")
+    p.add_argument("--eval_env", help="gymnasium id (registered in this process) to evaluate a run on a dataset's "
+                                      "own rewards in (default: the run's), or an export outside a run directory")
     p.add_argument("--task", help="task id 1..5, a comma list, or 'all' (default: each run's own task)")
     p.add_argument("--euler_steps", help=f"Euler step counts k (comma list; default {DEFAULT_EULER_STEPS})")
     p.add_argument("--steps", dest="deprecated_steps", help="deprecated spelling of --euler_steps")
@@ -171,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             output=args.output, grid=not args.diagnostics_only, diagnostics=args.diagnostics,
             diagnostics_euler_steps=args.diagnostics_steps, data_dir=args.data, val_batches=args.val_batches,
             show_progress=not args.no_progress, last_checkpoints=args.last_checkpoints,
-            adaptive_compare=args.adaptive_compare, paper_table=args.protocol == "paper")
+            adaptive_compare=args.adaptive_compare, paper_table=args.protocol == "paper", eval_env=args.eval_env)
     except scaling.EvaluationError as error:
         raise SystemExit(f"evaluate.py: {error}") from None
     if "table" in summary:

@@ -44,8 +44,8 @@ def evaluate_policy(
         (pipeline/policies.py's) is called as policy_fn(observations, seeds) with per-row noise
         seeds [n] int64, `models.noise.noise_seeds(seed, episode, step)`: the policy's noise is
         then part of "same seed, same numbers", and an episode's noise does not depend on num_envs.
-      env: an OGBench dataset family ('cube-single-play', or any spelling data.envs accepts) or a
-        zero-argument callable returning a gymnasium.Env whose step info has 'success' (tests,
+      env: an OGBench dataset family ('cube-single-play', or any spelling data.envs accepts), a
+        pipeline.environments.GymnasiumId (an env registered with gymnasium), or a zero-argument callable returning a gymnasium.Env whose step info has 'success' (tests,
         custom envs).
       task: the family's task, 1..5 (ignored for a callable env).
       episodes: number of episodes; episode i resets with `models.noise.episode_seed(seed, i)`.
@@ -57,7 +57,7 @@ def evaluate_policy(
       progress: called with 1 each time an episode ends (e.g. a tqdm bar's `update`).
 
     Returns:
-      dict with success_rate, mean_return, episodes, successes [E], returns [E], lengths [E],
+      dict with success_rate, mean_return, return_std (population std over episodes), episodes, successes [E], returns [E], lengths [E],
       env_steps, policy_calls, policy_seconds (time inside policy_fn after its first call, which
       includes tracing), policy_first_call_seconds, policy_ms_per_action (steady state, amortised
       over the batch), policy_ms_per_call, wall_seconds, num_envs, vectorization, and with
@@ -85,6 +85,7 @@ def evaluate_policy(
     result = dict(
         success_rate=float(np.mean(successes)),
         mean_return=float(np.mean(returns)),
+        return_std=float(np.std(returns)),
         episodes=int(episodes),
         successes=successes,
         returns=returns,

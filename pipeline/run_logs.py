@@ -1,7 +1,9 @@
 """The files a training run writes besides checkpoints: eval.csv, learning_curve.png, TensorBoard HParams.
 
     RUN/eval.csv             one row per evaluation step and Euler-step budget k (column steps_k)
-    RUN/learning_curve.png   success rate against gradient steps, one line per k
+    RUN/learning_curve.png   success rate against gradient steps, one line per k (OGBench); on a
+                             dataset's own rewards, the mean return (band: +- std over episodes)
+                             with the dataset's mean and best episode returns as reference lines
     RUN/tensorboard/         scalars (pipeline/callbacks.py) and the run's hyper-parameters
 """
 
@@ -14,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from data import files
 
 
@@ -21,13 +25,24 @@ class EvalLog:
     """Evaluation results as a CSV (one row per step and budget) and a learning-curve PNG."""
 
     FIELDS = ("step", "task", "steps_k", "num_samples", "success_rate", "mean_return", "episodes", "seconds")
+    # A run on a dataset's own rewards: no task or success; return std over the episodes and
+    # 100 (R - ref_min) / (ref_max - ref_min) (empty without reference scores).
+    OWN_REWARD_FIELDS = ("step", "steps_k", "num_samples", "mean_return", "return_std", "normalized_score",
+                         "episodes", "seconds")
 
     def __init__(self, workdir):
         self.csv_path = Path(workdir) / "eval.csv"
         self.png_path = Path(workdir) / "learning_curve.png"
 
     def append(self, rows: Sequence[dict]) -> None:
-        files.append_csv_rows(self.csv_path, self.FIELDS, rows)
+        if not rows:
+            return
+        own = "success_rate" not in rows[0]
+        columns = self.OWN_REWARD_FIELDS if own else self.FIELDS
+        if own:
+            rows = [dict(r, normalized_score="" if not math.isfinite(r["normalized_score"]) else r["normalized_score"])
+                    for r in rows]
+        files.append_csv_rows(self.csv_path, columns, rows)
 
     def rows(self) -> list[dict]:
         if not self.csv_path.exists():
@@ -35,7 +50,8 @@ class EvalLog:
         with open(self.csv_path, newline="") as f:
             return list(csv.DictReader(f))
 
-    def plot(self, title: str) -> None:
+    def plot(self, title: str, reference=None) -> None:
+        """learning_curve.png; `reference` (pipeline.scores.ReturnReference) for a run on own rewards."""
         rows = self.rows()
         if not rows:
             return
@@ -45,6 +61,8 @@ class EvalLog:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
+        if "success_rate" not in rows[0]:
+            return self._plot_returns(fig, ax, rows, title, reference)
         for k in sorted({int(r["steps_k"]) for r in rows}):
             pts = sorted((int(r["step"]), 100 * float(r["success_rate"])) for r in rows if int(r["steps_k"]) == k)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"k={k} Euler steps")
@@ -54,6 +72,31 @@ class EvalLog:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
+        fig.tight_layout()
+        files.save_figure(fig, self.png_path, dpi=120)
+
+    def _plot_returns(self, fig, ax, rows, title, reference) -> None:
+        for k in sorted({int(r["steps_k"]) for r in rows}):
+            pts = sorted((int(r["step"]), float(r["mean_return"]), float(r["return_std"]))
+                         for r in rows if int(r["steps_k"]) == k)
+            steps, mean, std = (np.array(column) for column in zip(*pts))
+            line, = ax.plot(steps, mean, marker="o", label=f"k={k} Euler steps")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        if reference is not None:
+            for value, label, style in ((reference.dataset_mean, "dataset mean return", "--"),
+                                        (reference.dataset_best, "dataset best episode", ":")):
+                if value is not None:
+                    ax.axhline(value, color="black", linestyle=style, linewidth=1, label=f"{label} ({value:.1f})")
+            if reference.has_scores:
+                low, high = reference.ref_min_score, reference.ref_max_score
+                axis = ax.secondary_yaxis("right", functions=(lambda r: 100 * (r - low) / (high - low),
+                                                              lambda s: low + s * (high - low) / 100))
+                axis.set_ylabel("normalised score")
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("undiscounted return (band: +- std over episodes)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
         fig.tight_layout()
         files.save_figure(fig, self.png_path, dpi=120)
 

@@ -28,7 +28,7 @@ DEFAULT_CANDIDATES = (1, 2, 4, 8, 16)
 Z_95 = 1.959963984540054  # standard normal quantile at 0.975
 
 CSV_COLUMNS = (
-    "task",                     # OGBench task id, or "all" (episodes pooled over the tasks evaluated)
+    "task",                     # OGBench task id, "all" (episodes pooled over the tasks), empty on own rewards
     "policy",                   # "fixed" (k steps, best of N), "adaptive" or "adaptive-same_level" (the rule's compare)
     "k",                        # Euler steps (fixed), or the step cap (adaptive)
     "N",                        # candidates per observation (best of N ranked by the critic)
@@ -47,6 +47,8 @@ CSV_COLUMNS = (
     "policy_ms_per_call",       # policy wall time per batched call (both: first call, i.e. tracing, excluded)
     "wall_seconds",             # the cell's total time, environment included
     "seed",
+    "return_std",               # std of the undiscounted return over the episodes
+    "normalized_score",         # 100 (mean_return - ref_min) / (ref_max - ref_min); empty without reference scores
 )
 
 
@@ -119,9 +121,10 @@ def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[flo
     return (min(p, max(0.0, centre - half_width)), max(p, min(1.0, centre + half_width)))
 
 
-def cell_row(task, cell: Cell, result: dict, seed: int, cost: Optional[dict] = None) -> dict:
+def cell_row(task, cell: Cell, result: dict, seed: int, cost: Optional[dict] = None, reference=None) -> dict:
     """One CSV row from `rollouts.evaluate_policy`'s result. `cost` (adaptive cells) overrides
-    the per-action step and call counts with the means the policy measured."""
+    the per-action step and call counts with the means the policy measured; `reference`
+    (pipeline.scores.ReturnReference) gives the normalised score."""
     episodes = int(result["episodes"])
     successes = float(np.sum(result["successes"]))
     low, high = wilson_interval(successes, episodes)
@@ -146,6 +149,9 @@ def cell_row(task, cell: Cell, result: dict, seed: int, cost: Optional[dict] = N
         policy_ms_per_call=float(result["policy_ms_per_call"]),
         wall_seconds=float(result["wall_seconds"]),
         seed=seed,
+        return_std=float(np.std(result["returns"])),
+        normalized_score=(reference.normalized_score(np.mean(result["returns"]))
+                          if reference is not None and reference.has_scores else ""),
     )
 
 
@@ -171,6 +177,9 @@ def pooled_rows(rows: Sequence[dict]) -> list[dict]:
             success_ci_low=low,
             success_ci_high=high,
             mean_return=mean("mean_return"),
+            # the pooled episodes' std: E[R^2] - E[R]^2 from each task's mean and std
+            return_std=float(np.sqrt(max(np.dot(weights, [float(r["return_std"]) ** 2 + float(r["mean_return"]) ** 2
+                                                          for r in group]) - mean("mean_return") ** 2, 0.0))),
             mean_steps=mean("mean_steps"),
             actor_calls_per_action=mean("actor_calls_per_action"),
             critic_calls_per_action=mean("critic_calls_per_action"),
@@ -193,6 +202,7 @@ def run_grid(
     episode_length: Optional[int] = None,
     vectorization: str = "auto",
     show_progress: bool = True,
+    reference=None,
 ) -> list[dict]:
     """Evaluate every cell on every task; one CSV row per (task, cell), plus pooled "all" rows
     when there is more than one task.
@@ -204,7 +214,8 @@ def run_grid(
     its `reset_cost()` (the adaptive policy does); the runner resets it before each task.
     """
     (rows,) = run_grids([(make_policy, tasks)], env, cells, episodes, seed, num_envs=num_envs,
-                        episode_length=episode_length, vectorization=vectorization, show_progress=show_progress)
+                        episode_length=episode_length, vectorization=vectorization, show_progress=show_progress,
+                        reference=reference)
     if len(tasks) > 1:
         rows += pooled_rows(rows)
     return rows
@@ -220,6 +231,7 @@ def run_grids(
     episode_length: Optional[int] = None,
     vectorization: str = "auto",
     show_progress: bool = True,
+    reference=None,
 ) -> list[list[dict]]:
     """`run_grid` for several policy sources at once (the checkpoints of several runs): units are
     (make_policy, tasks) pairs; returns each unit's rows, one per (task, cell), tasks in order,
@@ -227,39 +239,47 @@ def run_grids(
     and compiled models) serves every unit evaluated on that task."""
     from tqdm import tqdm
 
-    all_tasks = list(dict.fromkeys(int(t) for _, tasks in units for t in tasks))  # first-seen order
+    all_tasks = list(dict.fromkeys(_task(t) for _, tasks in units for t in tasks))  # first-seen order
     rows: list = [[] for _ in units]
     made: dict = {}
     total = sum(len(tasks) for _, tasks in units) * len(cells) * episodes
     with tqdm(total=total, unit="ep", disable=not show_progress, dynamic_ncols=True) as bar:
         for t_index, task in enumerate(all_tasks):
             for u_index, (make_policy, tasks) in enumerate(units):
-                if task not in [int(t) for t in tasks]:
+                if task not in [_task(t) for t in tasks]:
                     continue
                 for c_index, cell in enumerate(cells):
                     unit = f" source {u_index + 1}/{len(units)}" if len(units) > 1 else ""
-                    bar.set_description(f"task {task} ({t_index + 1}/{len(all_tasks)}){unit} {cell.label} "
+                    where = f"task {task} ({t_index + 1}/{len(all_tasks)})" if task is not None else "own rewards"
+                    bar.set_description(f"{where}{unit} {cell.label} "
                                         f"({c_index + 1}/{len(cells)})")
                     if (u_index, cell) not in made:
                         made[u_index, cell] = make_policy(cell)
                     row = evaluate_cell(made[u_index, cell], env, task, cell, episodes, seed, num_envs=num_envs,
                                         episode_length=episode_length, vectorization=vectorization,
-                                        progress=bar.update)
+                                        progress=bar.update, reference=reference)
                     rows[u_index].append(row)
-                    bar.set_postfix(success=f"{row['success_rate']:.2f}")
+                    bar.set_postfix(success=f"{row['success_rate']:.2f}", mean_return=f"{row['mean_return']:.1f}")
     return rows
 
 
+def _task(task):
+    """An OGBench task id as an int; None (a run on a dataset's own rewards) stays None."""
+    return None if task is None or task == "" else int(task)
+
+
 def evaluate_cell(policy, env, task, cell: Cell, episodes: int, seed: int, num_envs: Optional[int] = None,
-                  episode_length: Optional[int] = None, vectorization: str = "auto", progress=None) -> dict:
-    """One CSV row: `episodes` episodes of `policy` (cell's budget) on `task`."""
+                  episode_length: Optional[int] = None, vectorization: str = "auto", progress=None,
+                  reference=None) -> dict:
+    """One CSV row: `episodes` episodes of `policy` (cell's budget) on `task` (None on own rewards, the row's
+    task then empty); `reference`: pipeline.scores.ReturnReference for the normalised score."""
     if hasattr(policy, "reset_cost"):
         policy.reset_cost()
     result = rollouts.evaluate_policy(
         policy, env, task, episodes, seed, num_envs=num_envs, episode_length=episode_length,
         vectorization=vectorization, progress=progress)
     cost = policy.cost() if hasattr(policy, "cost") else None
-    return cell_row(task, cell, result, seed, cost)
+    return cell_row("" if task is None else task, cell, result, seed, cost, reference)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,11 +302,12 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path]:
-    """success_vs_k.png, success_vs_N.png and success_vs_compute.png in `output_dir`.
+def plot_scaling(rows: Sequence[dict], output_dir, title: str = "", metric: str = "success_rate") -> list[Path]:
+    """success_vs_k.png, success_vs_N.png and success_vs_compute.png in `output_dir`; with
+    metric="mean_return" (a run on a dataset's own rewards) return_vs_*.png of the mean return.
 
     Plots the pooled "all" rows when present (mean over tasks), else the single task's rows.
-    Error bars are the 95% Wilson intervals.
+    Error bars are the 95% Wilson intervals (success) or 95% normal intervals of the mean return.
     """
     import matplotlib
 
@@ -299,30 +320,39 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
     tasks = {str(r["task"]) for r in rows}
     shown_task = "all" if "all" in tasks else sorted(tasks)[0]
     shown = [r for r in rows if str(r["task"]) == shown_task]
+
     fixed = [r for r in shown if r["policy"] == "fixed"]
     adaptive = [r for r in shown if r["policy"].startswith("adaptive")]
-    suffix = f" (task {shown_task})" if shown_task != "all" else " (mean over tasks)"
+    suffix = {"all": " (mean over tasks)", "": ""}.get(shown_task, f" (task {shown_task})")  # "": own rewards
     paths = []
 
     def finish(fig, ax, xlabel, name):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.02, 1.02)
+        if metric == "success_rate":
+            ax.set_ylabel("success rate")
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.set_ylabel("mean undiscounted return")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         ax.set_title((title + suffix).strip())
         fig.tight_layout()
-        paths.append(files.save_figure(fig, output_dir / name))
+        paths.append(files.save_figure(fig, output_dir / (name if metric == "success_rate"
+                                                          else name.replace("success_", "return_"))))
 
     def errorbar(ax, group, x_key, label, dodge=0.0, **kwargs):
         # dodge: a small shift along the log axis so that overlapping lines stay visible
         group = sorted(group, key=lambda r: float(r[x_key]))
         x = [float(r[x_key]) * 2 ** dodge for r in group]
-        y = np.array([float(r["success_rate"]) for r in group])
-        low = y - np.array([float(r["success_ci_low"]) for r in group])
-        high = np.array([float(r["success_ci_high"]) for r in group]) - y
+        if metric == "success_rate":
+            y = np.array([float(r["success_rate"]) for r in group])
+            low = y - np.array([float(r["success_ci_low"]) for r in group])
+            high = np.array([float(r["success_ci_high"]) for r in group]) - y
+        else:
+            y = np.array([float(r["mean_return"]) for r in group])
+            low = high = np.array([Z_95 * float(r["return_std"]) / math.sqrt(float(r["episodes"])) for r in group])
         ax.errorbar(x, y, yerr=[low, high], capsize=3, label=label, **kwargs)
 
     for x_key, line_key, xlabel, name in (("k", "N", "Euler steps k", "success_vs_k.png"),
@@ -349,6 +379,13 @@ def plot_scaling(rows: Sequence[dict], output_dir, title: str = "") -> list[Path
 
 def format_table(rows) -> str:
     """A short text table for the terminal: one line per row."""
+    if rows and rows[0]["task"] == "":  # a dataset's own rewards: return, its std, normalised score
+        lines = [f"{'policy':>8} {'k':>3} {'N':>3} {'return':>9} {'std':>8} {'score':>7} {'calls/act':>9} {'ms/act':>7}"]
+        for r in rows:
+            score = f"{r['normalized_score']:.1f}" if r["normalized_score"] != "" else "-"
+            lines.append(f"{r['policy']:>8} {r['k']:>3} {r['N']:>3} {r['mean_return']:>9.1f} {r['return_std']:>8.1f} "
+                         f"{score:>7} {r['compute_per_action']:>9.1f} {r['policy_ms_per_action']:>7.2f}")
+        return "\n".join(lines)
     lines = [f"{'task':>4} {'policy':>8} {'k':>3} {'N':>3} {'success':>8} {'95% CI':>13} {'return':>8} "
              f"{'calls/act':>9} {'ms/act':>7}"]
     for r in rows:
@@ -515,6 +552,64 @@ def default_output(source) -> Path:
     return Path("artifacts") / "evaluate" / f"{source.path.parent.name}-{source.path.name}"
 
 
+def own_reward_env(sources, run_data, env, eval_env, several: bool):
+    """The GymnasiumId a run on a dataset's own rewards (or an export with --eval_env) is evaluated in;
+    None for OGBench evaluations. EvaluationError naming the field and value of an id gymnasium does not
+    know, or a request this evaluation cannot serve."""
+    from pipeline import environments
+
+    own_runs = [data for data in run_data if data is not None and data.env is None]
+    if eval_env is None and not own_runs:
+        return None
+    if several:
+        raise EvaluationError("a run on a dataset's own rewards is evaluated one source at a time, without "
+                              "--protocol, --last_checkpoints, several --workdir or --diagnostics")
+    if env is not None:
+        raise EvaluationError(f"--env={env} names an OGBench env; {'--eval_env' if eval_env else 'this run'} "
+                              "evaluates in a gymnasium env: pass one of the two")
+    if eval_env is not None:
+        where = "--eval_env"
+    elif own_runs[0].eval_env is not None:
+        eval_env = own_runs[0].eval_env
+        where = f"{sources[0].description}: config.json field 'data.eval_env'"
+    else:
+        raise EvaluationError(f"{sources[0].description} trained on a dataset's own rewards and names no eval env "
+                              "(config.json 'data.eval_env' is null): pass --eval_env=GYM_ID")
+    try:
+        return environments.GymnasiumId(environments.check_registered(eval_env, where))
+    except environments.UnregisteredEnv as error:
+        raise EvaluationError(str(error)) from None
+
+
+def _run_own_reward_evaluation(source, env, euler_steps, candidates, adaptive_thresholds, adaptive_max_euler_steps,
+                               adaptive_compare, episodes, seed, num_envs, episode_length, vectorization, output,
+                               show_progress) -> dict:
+    """run_evaluation's grid on a dataset's own rewards (see there)."""
+    from pipeline import environments, scores
+
+    try:
+        reference = scores.ReturnReference.from_record(getattr(source, "run_info", {}).get("dataset"))
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    output = Path(output) if output else default_output(source)
+    output.mkdir(parents=True, exist_ok=True)
+    cells = budget_grid(euler_steps, candidates, adaptive_thresholds, adaptive_max_euler_steps, adaptive_compare)
+    source.check_cells(cells)
+    start = time.perf_counter()
+    try:
+        rows = run_grid(source.make_policy, env, [None], cells, episodes, seed, num_envs=num_envs,
+                        episode_length=episode_length, vectorization=vectorization, show_progress=show_progress,
+                        reference=reference)
+    finally:
+        environments.close_environments()
+    csv_path = write_csv(rows, output / "scaling.csv")
+    plots = plot_scaling(rows, output, title=f"{env.id} (own rewards)", metric="mean_return")
+    return dict(source=source.description, env=env.id, tasks=[], output=str(output), csv=str(csv_path),
+                plots=[str(p) for p in plots], rows=len(rows), table=format_table(rows),
+                seconds=round(time.perf_counter() - start, 1),
+                dataset_return_mean=reference.dataset_mean, dataset_return_best=reference.dataset_best)
+
+
 def run_evaluation(
     workdir=None,
     saved_model=None,
@@ -541,6 +636,7 @@ def run_evaluation(
     last_checkpoints: Optional[int] = None,
     adaptive_compare: Sequence[str] = ("across_levels",),
     paper_table: bool = False,
+    eval_env: Optional[str] = None,
 ) -> dict:
     """Evaluate a checkpoint (`workdir`, any budget), the last checkpoints of several runs (`workdir`
     a list of run directories, one per training seed; `last_checkpoints`), or an export
@@ -561,6 +657,10 @@ def run_evaluation(
     Returns a summary: source, env, tasks, output; with `grid` rows (count), seconds, and for one source
     csv, plots and table (format_table's text); with the protocol's outputs their paths and
     paper_table (the markdown); with `diagnostics` the per-task diagnostics summaries.
+    A run on a dataset's own rewards (its config's data.env is null), or `eval_env` (a gymnasium id,
+    registered in this process), is evaluated in that gymnasium env: rows without a task, with the
+    return's std and the normalised score when the run's dataset record has reference scores, and
+    return_vs_*.png plots; one source, no protocol or diagnostics.
     Raises EvaluationError for a request the sources cannot serve (the message says what to pass).
     """
     from pipeline import diagnostics as critic_diagnostics
@@ -574,6 +674,11 @@ def run_evaluation(
     if diagnostics and len(sources) > 1:
         raise EvaluationError("--diagnostics measures one checkpoint: pass one --workdir, without --last_checkpoints")
     run_data = [s.run_config.data if s.run_config is not None else None for s in sources]
+    own = own_reward_env(sources, run_data, env, eval_env, several=len(sources) > 1 or paper_table or diagnostics)
+    if own is not None:
+        return _run_own_reward_evaluation(source, own, euler_steps, candidates, adaptive_thresholds,
+                                          adaptive_max_euler_steps, adaptive_compare, episodes, seed, num_envs,
+                                          episode_length, vectorization, output, show_progress)
     try:
         names = {env_families.resolve_env(env or (data.env if data else None) or DEFAULT_ENV).name for data in run_data}
     except ValueError as error:

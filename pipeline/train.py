@@ -1,19 +1,27 @@
-"""Train SORL on an OGBench task: `python -m pipeline.train --env=cube`.
+"""Train SORL on an OGBench task (`python -m pipeline.train --env=cube`) or on any prepared dataset's
+own rewards (`python -m pipeline.train --data=DIR`).
 
-On a fresh machine this regenerates the play data with OGBench's scripted oracles, converts it to
-TFRecords with the Beam job, trains with the paper's settings for the env, evaluates in the real
+OGBench: on a fresh machine this regenerates the play data with OGBench's scripted oracles, converts
+it to TFRecords with the Beam job, trains with the paper's settings for the env, evaluates in the real
 environment, checkpoints (rerun the same command to resume) and exports a SavedModel.
+
+Own rewards (--data of a Minari, npz or TF-Agents source, no --env): trains on reward key 'default'
+with the paper's common settings (--preset=FAMILY for a family's, --set for any field), evaluates in
+the gymnasium env the dataset names (metadata.json 'eval_env') or --eval_env=ID, reporting the mean
+and std of the return (and the normalised score when the dataset has reference scores).
 """
 
 import argparse
 import os
 import pathlib
 import sys
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402,F401  (TF before MuJoCo: see README, "Known issues")
 
+from data import reader  # noqa: E402
 from data.errors import DataError  # noqa: E402
 from pipeline import config as run_config  # noqa: E402
 from pipeline import datasets, training  # noqa: E402
@@ -32,7 +40,13 @@ def _integer(text: str) -> int:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="cube", help="env preset: cube (= cube-single-play), cube-double, scene, ...")
+    p.add_argument("--env", default=None,
+                   help="OGBench env: cube (= cube-single-play), cube-double, scene, ... (default: the --data "
+                        "dataset's OGBench env; without one, the dataset's own rewards; without --data, cube)")
+    p.add_argument("--preset", help="the agent settings of this env family (q_loss_coef, discount, q_agg) instead "
+                                    "of the env's or, on own rewards, the paper's common ones")
+    p.add_argument("--eval_env", help="own rewards: gymnasium id of the evaluation env, registered in this process "
+                                      "(default: the dataset's metadata.json 'eval_env')")
     p.add_argument("--task", type=_integer, help="OGBench single-task id, 1..5 (default: the preset's)")
     p.add_argument("--steps", type=_integer, help="gradient steps, any positive number (default: the paper's 1M)")
     p.add_argument("--batch_size", type=_integer, help="global batch size (default 256)")
@@ -41,7 +55,8 @@ def parse_args(argv):
     p.add_argument("--eval_episodes", type=_integer, help="episodes per budget per evaluation (0: no evaluation)")
     p.add_argument("--checkpoint_every", type=_integer, help="steps between checkpoints")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
-    p.add_argument("--workdir", help="run directory (default artifacts/runs/ENV-taskT-sSEED); reuse it to resume")
+    p.add_argument("--workdir", help="run directory (default artifacts/runs/ENV-taskT-sSEED, or DATASET-sSEED on "
+                                     "own rewards); reuse it to resume")
     p.add_argument("--data", help="prepared TFRecord directory (default: artifacts/data/DATASET, made if missing)")
     p.add_argument("--generate_episodes", type=_integer, default=None,
                    help="training episodes to regenerate when the data is missing (default: the paper's 1000)")
@@ -52,26 +67,52 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def resolve_config(args) -> run_config.RunConfig:
-    """The env's preset, then the typed flags (unset ones skipped), then --set KEY=VALUE."""
+def run_env(args, metadata: Optional[dict]) -> Optional[str]:
+    """--env; else the --data dataset's OGBench family (field 'env'), None for a source's own rewards;
+    cube without --data."""
+    if args.env is not None:
+        return args.env
+    if metadata is not None:
+        return metadata.get("env")
+    return "cube"
+
+
+def resolve_config(args, metadata: Optional[dict] = None) -> run_config.RunConfig:
+    """The env's preset (or --preset's), then the typed flags (unset ones skipped), then --set KEY=VALUE.
+    `metadata`: the --data dataset's; on own rewards its 'eval_env' unless --eval_env is given. An eval env
+    id that gymnasium does not know in this process is refused (UnregisteredEnv, naming where it came from)
+    unless --eval_episodes=0."""
+    env = run_env(args, metadata)
+    eval_env, where = args.eval_env, "--eval_env"
+    if env is None and eval_env is None and metadata is not None:
+        eval_env, where = metadata.get("eval_env"), f"{pathlib.Path(args.data) / 'metadata.json'}: field 'eval_env'"
+    if eval_env is not None and args.eval_episodes != 0:
+        from pipeline import environments
+
+        environments.check_registered(eval_env, where)
     values = {
         "task": args.task, "gradient_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
+        "eval_env": eval_env,
     }
-    return run_config.make_run_config(args.env, values=values, overrides=args.set)
+    return run_config.make_run_config(env, values=values, overrides=args.set, preset=args.preset)
 
 
-def default_workdir(config: run_config.RunConfig) -> pathlib.Path:
+def default_workdir(config: run_config.RunConfig, data_dir=None) -> pathlib.Path:
+    """artifacts/runs/ENV-taskT-sSEED; on own rewards artifacts/runs/DATASET-sSEED (DATASET: --data's folder name)."""
+    if config.data.env is None:
+        return datasets.DEFAULT_ARTIFACTS / "runs" / f"{pathlib.Path(data_dir).resolve().name}-s{config.agent.seed}"
     return datasets.DEFAULT_ARTIFACTS / "runs" / f"{config.data.env}-task{config.data.task}-s{config.agent.seed}"
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        config = resolve_config(args)
-    except ValueError as e:
+        metadata = reader.load_metadata(args.data) if args.data else None
+        config = resolve_config(args, metadata)
+    except ValueError as e:  # DataError and UnregisteredEnv too
         sys.exit(f"train.py: {e}")
-    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config)
+    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config, args.data)
     try:
         data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes)
         training.run_training(

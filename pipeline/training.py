@@ -26,7 +26,6 @@ import tensorflow as tf
 
 from data import files, reader
 from models import checkpoints
-from models.sorl import SORLAgent
 from pipeline import callbacks, interrupts, run_logs
 from pipeline import config as run_config
 from pipeline.interrupts import TrainingInterrupted
@@ -78,7 +77,7 @@ def validation_dataset(data_dir, config) -> tf.data.Dataset:
     Keras rebuilds its validation iterator at each evaluation, and with autotuning on, dropping the
     old one waits for the autotune thread (BENCHMARKS.md); a few in-memory batches need no tuning.
     """
-    dataset = reader.make_dataset(str(data_dir), split="val", task=config.data.task,
+    dataset = reader.make_dataset(str(data_dir), split="val", task=config.data.reward_key,
                                   batch_size=config.agent.batch_size, seed=config.agent.seed)
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -106,11 +105,12 @@ def run_training(
     workdir = Path(workdir)
     meta = reader.load_metadata(str(data_dir))
     obs_dim, action_dim = int(meta["obs_dim"]), int(meta["action_dim"])
+    dataset = run_config.dataset_record(meta)  # action bounds, observation statistics, reference returns
 
     with make_strategy(strategy_name).scope():
-        agent = SORLAgent(config.agent, obs_dim, action_dim)
+        agent = run_config.make_agent(config.agent, obs_dim, action_dim, dataset, f"{Path(data_dir) / 'metadata.json'}")
         agent.compile(jit_compile=schedule.jit_compile)
-    resuming = _restore_or_start(agent, config, workdir, data_dir, strategy_name, obs_dim, action_dim, log)
+    resuming = _restore_or_start(agent, config, workdir, data_dir, strategy_name, obs_dim, action_dim, log, dataset)
     # The run's clock is the agent's count of updates (one per gradient step), saved with the
     # agent; the checkpoint's own `step` mirrors it for readers that load no optimizer.
     manager = checkpoints.make_checkpoint_manager(agent, str(workdir), tf.Variable(0, dtype=tf.int64, trainable=False))
@@ -128,10 +128,10 @@ def run_training(
     progress = callbacks.ProgressReporter(state, schedule.gradient_steps, show_bar=show_progress)
     eval_log = run_logs.EvalLog(workdir)
     evaluation = None
-    if schedule.eval_episodes > 0:
+    if schedule.eval_episodes > 0 and callbacks.can_evaluate(config.data, log):
         evaluation = callbacks.PeriodicEvaluation(
             state, agent, config.data, episodes=schedule.eval_episodes, seed=config.agent.seed + EVAL_SEED_OFFSET,
-            every=schedule.eval_every, eval_log=eval_log, writer=writer, say=progress.say,
+            every=schedule.eval_every, eval_log=eval_log, writer=writer, say=progress.say, dataset=dataset,
         )
     fit_callbacks = [
         state,
@@ -177,7 +177,8 @@ def run_training(
     return summary
 
 
-def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs_dim, action_dim, log) -> bool:
+def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs_dim, action_dim, log,
+                      dataset=None) -> bool:
     """Restores the newest checkpoint that restores into `agent`, or starts a new run directory
     (writing its config.json); True when resuming an existing run. TrainingError when the run
     directory holds checkpoints without a config.json, or a config.json whose checkpoints all fail.
@@ -194,9 +195,8 @@ def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs
         workdir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(workdir, log)
         run_config.save_run_config(workdir, config, obs_dim, action_dim, data_dir=str(data_dir),
-                                   strategy=strategy_name)
-        log(f"Training {config.data.env} task {config.data.task} for {config.schedule.gradient_steps} steps; "
-            f"run directory {workdir}.")
+                                   strategy=strategy_name, dataset=dataset)
+        log(f"Training {config.data.label} for {config.schedule.gradient_steps} steps; run directory {workdir}.")
         return False
     try:
         run_config.check_resumable(workdir, config)
@@ -242,7 +242,7 @@ def _fit(agent, config, data_dir, fit_callbacks, state: callbacks.TrainingState,
                                                        config.schedule.log_every):
         if state.stopping:
             break
-        train_ds = reader.make_dataset(str(data_dir), split="train", task=config.data.task,
+        train_ds = reader.make_dataset(str(data_dir), split="train", task=config.data.reward_key,
                                        batch_size=config.agent.batch_size, seed=config.agent.seed + first_step)
         agent.fit(
             train_ds,

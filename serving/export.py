@@ -138,6 +138,17 @@ def reference_outputs(agent, variant: SignatureVariant, observations: np.ndarray
                                             cap_step_level=cap_step_level))}
 
 
+def action_range(agent, slack: float = 1e-5) -> Tuple[np.ndarray, np.ndarray]:
+    """(low, high) [action_dim] that every answer lies in: the env's bounds (agent.env_units), else [-1, 1],
+    widened by `slack` of the range for float rounding in the map back to env units."""
+    units = getattr(agent, "env_units", None)  # agent-like objects without units answer in [-1, 1]
+    maps = units is not None and units.maps_actions
+    low = np.asarray(units.action_low if maps else [-1.0] * agent.action_dim)
+    high = np.asarray(units.action_high if maps else [1.0] * agent.action_dim)
+    margin = slack * (high - low) if maps else 0.0
+    return low - margin, high + margin
+
+
 def _max_difference(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) for k in want)
 
@@ -148,8 +159,8 @@ def verify_export(agent, export_dir: str, variants: Sequence[SignatureVariant], 
 
     Checks: every signature is in saved_model.pb with the inputs and outputs of expected_specs;
     each seeded signature equals the agent on the same noise (reference_outputs); its batched
-    rows equal single-row calls; unseeded signatures return finite actions in [-1, 1] of the
-    right shape; every warm-up request runs; the TF1 session loader (TF Serving's) gives the
+    rows equal single-row calls; unseeded signatures return finite actions within the env's action
+    bounds (action_range) of the right shape; every warm-up request runs; the TF1 session loader (TF Serving's) gives the
     seeded signatures' numbers too.
     """
     problems = _check_specs(agent, export_dir, variants)
@@ -201,8 +212,9 @@ def _check_signature(agent, function, variant: SignatureVariant, observations: n
 
     outputs = call(slice(None))
     actions = outputs["actions"]
-    if actions.shape != (len(observations), agent.action_dim) or not np.all(np.abs(actions) <= 1):
-        return [f"{variant.name} returned actions of shape {actions.shape} outside [-1, 1] or "
+    low, high = action_range(agent)
+    if actions.shape != (len(observations), agent.action_dim) or not np.all((actions >= low) & (actions <= high)):
+        return [f"{variant.name} returned actions of shape {actions.shape} outside [{low}, {high}] or "
                 f"non-finite: {actions}"]
     if not variant.seeded:
         return []  # fresh noise: nothing to compare with

@@ -1,7 +1,9 @@
 """The serving signatures of a SORL policy, each a trace of the agent's own `act`.
 
-Every signature takes `observations` [batch, obs_dim] float32 and returns `actions`
-[batch, action_dim] in [-1, 1]; they differ in the Euler budget k, the number N of candidates
+Every signature takes raw `observations` [batch, obs_dim] float32 and returns `actions`
+[batch, action_dim] in the env's units (the agent's [-1, 1] mapped to the dataset's action bounds,
+after observation standardisation when the agent has it: models/units.py, inside `agent.act`, so
+inside the SavedModel); they differ in the Euler budget k, the number N of candidates
 ranked by the critic (best-of-N) and where the starting noise comes from:
 
     act_k{k}                        k steps, fresh noise per call

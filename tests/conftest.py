@@ -45,3 +45,83 @@ def cube_tfrecord_dir(cube_npz_dir, tmp_path_factory) -> pathlib.Path:
     output = tmp_path_factory.mktemp("cube_tfrecord") / "dataset"
     preprocess(f"ogbench:{os.path.join(cube_npz_dir, CUBE_DATASET_FILE)}", str(output), num_shards=2)
     return output
+
+
+# Datasets of a source's own rewards: episodes of data/gym_recording.py's mixed-quality scripted policy
+# in a gymnasium env, converted by pipeline/preprocess.py from a Minari dataset.
+PENDULUM_ID = "Pendulum-v1"
+REF_SCORES = {"Pendulum-v1": (-1500.0, -150.0), "InvertedPendulum-v5": (0.0, 1000.0)}  # written into the metadata
+
+
+def write_recorded_dataset(env_id, output, minari_root, train_episodes: int, val_episodes: int = 2, seed: int = 0,
+                           max_steps=None) -> dict:
+    """Records `env_id` episodes, converts them to output/ (prepared TFRecords) and returns
+    {"metadata", "low", "high", "train": episodes, "val": episodes} (data.gym_recording.Episode, env units).
+
+    The fields the Beam job writes for such sources (action_bounds, eval_env, ref scores,
+    dataset_returns) are added here with the values that job computes: the Minari dataset holds
+    the actions already mapped to [-1, 1] and no env spec.
+    """
+    import json
+
+    import gymnasium
+    import numpy as np
+    from minari.data_collector import EpisodeBuffer
+
+    from data import gym_recording, minari_source
+    from data.files import write_json
+    from pipeline.preprocess import preprocess
+
+    env = gymnasium.make(env_id)
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    obs_dim = env.observation_space.shape[0]
+    env.close()
+    splits = {"train": gym_recording.record(env_id, train_episodes, seed, max_steps),
+              "val": gym_recording.record(env_id, val_episodes, seed + 1_000_003, max_steps)}
+    names = {"train": "sorl/recorded-v0", "val": "sorl/recorded-val-v0"}
+    for split, episodes in splits.items():
+        buffers = [EpisodeBuffer(id=i, observations=e.observations.astype(np.float32),
+                                 actions=(2 * (e.actions - low) / (high - low) - 1).astype(np.float32),
+                                 rewards=e.rewards, terminations=e.terminations, truncations=e.truncations)
+                   for i, e in enumerate(episodes)]
+        minari_source.create_local_dataset(
+            names[split], buffers, str(minari_root), algorithm_name="scripted",
+            observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+            action_space=gymnasium.spaces.Box(-1, 1, low.shape, np.float32))
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(minari_root)
+    try:
+        preprocess(f"minari:{names['train']}", str(output))
+    finally:
+        os.environ.pop("MINARI_DATASETS_PATH") if previous is None else os.environ.update(MINARI_DATASETS_PATH=previous)
+    path = pathlib.Path(output) / "metadata.json"
+    metadata = json.loads(path.read_text())
+
+    def returns(episodes):
+        values = np.array([e.episode_return for e in episodes])
+        return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                "max": float(values.max()), "episodes": len(values)}
+
+    metadata.setdefault("action_bounds", {"low": low.tolist(), "high": high.tolist()})
+    metadata.setdefault("eval_env", env_id)
+    metadata.setdefault("ref_min_score", REF_SCORES[env_id][0])
+    metadata.setdefault("ref_max_score", REF_SCORES[env_id][1])
+    metadata.setdefault("dataset_returns", {split: returns(episodes) for split, episodes in splits.items()})
+    write_json(path, metadata, sort_keys=True)
+    return {"metadata": metadata, "low": low, "high": high, **splits}
+
+
+@pytest.fixture(scope="session")
+def pendulum_dataset(tmp_path_factory) -> dict:
+    """write_recorded_dataset's result for 6 train and 2 val Pendulum-v1 episodes of 60 steps, plus
+    "dir": the prepared TFRecords (read-only for tests)."""
+    root = tmp_path_factory.mktemp("pendulum")
+    result = write_recorded_dataset(PENDULUM_ID, root / "pendulum-mixed", root / "minari", train_episodes=6,
+                                    val_episodes=2, max_steps=60)
+    return dict(result, dir=root / "pendulum-mixed")
+
+
+@pytest.fixture(scope="session")
+def record_dataset():
+    """write_recorded_dataset(env_id, output, minari_root, train_episodes, ...) for tests that need their own."""
+    return write_recorded_dataset

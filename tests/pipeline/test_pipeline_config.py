@@ -111,6 +111,8 @@ BAD_VALUES = {
                     (float("inf"), "a finite number >= 0")],
     "fm_coef": [(-0.5, "a finite number >= 0"), (float("-inf"), "a finite number >= 0")],
     "sc_coef": [(-10, "a finite number >= 0"), ("10", "a finite number >= 0")],
+    "reward_scale": [(0.0, "a finite number > 0"), (-1.0, "a finite number > 0"), (float("nan"), "a finite number > 0")],
+    "normalize_observations": [(1, "true or false"), ("yes", "true or false")],
     "m_disc": [(6, r"a power of two >= 2"), (1, r"a power of two >= 2"), (0, r"a power of two >= 2"),
                (8.0, r"a power of two >= 2")],
     "m_btt": [(3, r"a power of two >= 1"), (0, r"a power of two >= 1"), (-8, r"a power of two >= 1")],
@@ -125,6 +127,7 @@ BAD_VALUES = {
     "task": [(0, r"an integer in \[1, 5\]"), (6, r"an integer in \[1, 5\]"), (2.5, r"an integer in \[1, 5\]"),
              ("2", r"an integer in \[1, 5\]"), (True, r"an integer in \[1, 5\]")],
     "episode_length": [(0, "an integer >= 1"), (-5, "an integer >= 1"), (200.5, "an integer >= 1")],
+    "eval_env": [("Pendulum-v1", "null for an OGBench run")],
     # Schedule
     "gradient_steps": [(0, "an integer >= 1"), (-10, "an integer >= 1"), (1.5, "an integer >= 1")],
     "log_every": [(0, "an integer >= 1"), (-5, "an integer >= 1"), (0.5, "an integer >= 1"), (2.5, "an integer >= 1"),
@@ -191,7 +194,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert set(on_disk) == {"agent", "data", "schedule", "obs_dim", "action_dim", "data_dir", "strategy"}
     assert on_disk["agent"]["actor_hidden_dims"] == [8, 8] and on_disk["schedule"]["gradient_steps"] == 10
     loaded, obs_dim, action_dim, info = run_lib.load_run_config(tmp_path / "run")
-    assert (loaded, obs_dim, action_dim, info) == (c, 28, 5, {"data_dir": "/data/x", "strategy": "mirrored"})
+    assert (loaded, obs_dim, action_dim, info) == (c, 28, 5, {"data_dir": "/data/x", "strategy": "mirrored",
+                                                               "dataset": None})
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.json"]  # no temporary left behind
 
 
@@ -226,7 +230,7 @@ def test_load_reads_the_old_flat_layout(tmp_path):
     assert c.schedule == Schedule(gradient_steps=2000, log_every=100, eval_every=1000, eval_episodes=5,
                                   checkpoint_every=100000, jit_compile=False)
     assert (obs_dim, action_dim) == (28, 5)
-    assert info == {"data_dir": "artifacts/data/cube-single-play-v0", "strategy": "default"}
+    assert info == {"data_dir": "artifacts/data/cube-single-play-v0", "strategy": "default", "dataset": None}
 
 
 def test_load_old_layout_and_restore_its_checkpoint(tmp_path):
