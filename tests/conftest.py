@@ -55,59 +55,35 @@ REF_SCORES = {"Pendulum-v1": (-1500.0, -150.0), "InvertedPendulum-v5": (0.0, 100
 
 def write_recorded_dataset(env_id, output, minari_root, train_episodes: int, val_episodes: int = 2, seed: int = 0,
                            max_steps=None) -> dict:
-    """Records `env_id` episodes, converts them to output/ (prepared TFRecords) and returns
-    {"metadata", "low", "high", "train": episodes, "val": episodes} (data.gym_recording.Episode, env units).
-
-    The fields the Beam job writes for such sources (action_bounds, eval_env, ref scores,
-    dataset_returns) are added here with the values that job computes: the Minari dataset holds
-    the actions already mapped to [-1, 1] and no env spec.
+    """Records `env_id` episodes (env units) with data.gym_recording, writes them through minari's
+    own writer with the env's spec and REF_SCORES, converts them with the Beam job to output/
+    (prepared TFRecords: actions mapped to [-1, 1], bounds, eval env, scores and returns in the
+    metadata) and returns {"metadata", "low", "high", "train": episodes, "val": episodes}.
     """
     import json
 
     import gymnasium
     import numpy as np
-    from minari.data_collector import EpisodeBuffer
 
-    from data import gym_recording, minari_source
-    from data.files import write_json
+    from data import gym_recording
     from pipeline.preprocess import preprocess
 
     env = gymnasium.make(env_id)
     low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
-    obs_dim = env.observation_space.shape[0]
     env.close()
     splits = {"train": gym_recording.record(env_id, train_episodes, seed, max_steps),
               "val": gym_recording.record(env_id, val_episodes, seed + 1_000_003, max_steps)}
     names = {"train": "sorl/recorded-v0", "val": "sorl/recorded-val-v0"}
     for split, episodes in splits.items():
-        buffers = [EpisodeBuffer(id=i, observations=e.observations.astype(np.float32),
-                                 actions=(2 * (e.actions - low) / (high - low) - 1).astype(np.float32),
-                                 rewards=e.rewards, terminations=e.terminations, truncations=e.truncations)
-                   for i, e in enumerate(episodes)]
-        minari_source.create_local_dataset(
-            names[split], buffers, str(minari_root), algorithm_name="scripted",
-            observation_space=gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
-            action_space=gymnasium.spaces.Box(-1, 1, low.shape, np.float32))
+        gym_recording.write_minari(names[split], episodes, env_id, root=str(minari_root), max_steps=max_steps,
+                                   ref_min_score=REF_SCORES[env_id][0], ref_max_score=REF_SCORES[env_id][1])
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(minari_root)
     try:
         preprocess(f"minari:{names['train']}", str(output))
     finally:
         os.environ.pop("MINARI_DATASETS_PATH") if previous is None else os.environ.update(MINARI_DATASETS_PATH=previous)
-    path = pathlib.Path(output) / "metadata.json"
-    metadata = json.loads(path.read_text())
-
-    def returns(episodes):
-        values = np.array([e.episode_return for e in episodes])
-        return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-                "max": float(values.max()), "episodes": len(values)}
-
-    metadata.setdefault("action_bounds", {"low": low.tolist(), "high": high.tolist()})
-    metadata.setdefault("eval_env", env_id)
-    metadata.setdefault("ref_min_score", REF_SCORES[env_id][0])
-    metadata.setdefault("ref_max_score", REF_SCORES[env_id][1])
-    metadata.setdefault("dataset_returns", {split: returns(episodes) for split, episodes in splits.items()})
-    write_json(path, metadata, sort_keys=True)
+    metadata = json.loads((pathlib.Path(output) / "metadata.json").read_text())
     return {"metadata": metadata, "low": low, "high": high, **splits}
 
 

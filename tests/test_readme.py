@@ -27,6 +27,7 @@ TINY_TRAIN = (
     " --set jit_compile=false --no_progress"
 )
 TINY_FLAGS = {
+    "data.gym_recording": "--episodes=3 --val_episodes=3 --max_steps=200",
     "pipeline/generate.py": "--episodes=2 --val_episodes=1 --episode_length=60 --no_progress",
     "pipeline/preprocess.py": "",
     "pipeline/train.py": TINY_TRAIN,
@@ -147,4 +148,6 @@ def test_readme_user_commands_run_in_order(workspace):
             run(tiny(command), workspace)
         ran.append(script)
     assert ran == ["pipeline/generate.py", "pipeline/preprocess.py", "pipeline/train.py", "serving/export.py",
-                   "saved_model_cli", "serving/server.py", "pipeline/evaluate.py"], ran
+                   "saved_model_cli", "serving/server.py", "pipeline/evaluate.py",
+                   "data.gym_recording", "pipeline/preprocess.py", "pipeline/train.py", "pipeline/evaluate.py",
+                   "serving/export.py"], ran
