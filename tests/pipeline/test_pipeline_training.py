@@ -32,7 +32,7 @@ def test_log_windows_end_at_every_multiple_of_log_every_and_at_the_total(start, 
 def test_unknown_strategy_is_refused():
     from pipeline import training
 
-    with pytest.raises(training.TrainingError, match="--strategy='gpu' is not one of: default, mirrored, tpu"):
+    with pytest.raises(training.TrainingError, match="--strategy='gpu' is not one of: default, mirrored, tpu, multi_worker"):
         training.make_strategy("gpu")
 
 
