@@ -258,8 +258,14 @@ def run_training(
     # Non-chief workers join every save (the strategy requires it) into a folder deleted at the end.
     scratch = None if chief else Path(tempfile.mkdtemp(prefix="sorl-worker-checkpoints-"))
     try:
-        return _train_and_export(config, data_dir, workdir, strategy_name, export, show_progress,
-                                 validation_batches, log, agent, driver, chief, resuming, start_step, scratch)
+        try:
+            summary = _train_and_export(config, data_dir, workdir, strategy_name, export, show_progress,
+                                        validation_batches, log, agent, driver, chief, resuming, start_step, scratch)
+        except (TrainingInterrupted, TrainingError):  # a stop every worker takes after the same step
+            _end_together(strategy, strategy_name)
+            raise
+        _end_together(strategy, strategy_name)
+        return summary
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -332,15 +338,14 @@ def _train_and_export(config, data_dir, workdir, strategy_name, export, show_pro
 
     step = _agent_step(agent)
     summary = {"workdir": str(workdir), "step": step, "checkpoint": _run_checkpoint(workdir, step), "chief": chief}
-    if not chief:
-        return summary
-    if evaluation is not None and not any(int(r["step"]) == schedule.gradient_steps for r in eval_log.rows()):
-        evaluation.evaluate(step)
-    if export:
-        from serving.export import export_saved_model
+    if chief:
+        if evaluation is not None and not any(int(r["step"]) == schedule.gradient_steps for r in eval_log.rows()):
+            evaluation.evaluate(step)
+        if export:
+            from serving.export import export_saved_model
 
-        summary["export"] = export_saved_model(agent, str(workdir / "export"))
-        log(f"Exported SavedModel to {summary['export']}.")
+            summary["export"] = export_saved_model(agent, str(workdir / "export"))
+            log(f"Exported SavedModel to {summary['export']}.")
     return summary
 
 
@@ -396,19 +401,31 @@ def _train(driver: TrainingDriver, config, data_dir, hooks, state: callbacks.Tra
             hook.on_train_end()
 
 
+def _gather(strategy: tf.distribute.Strategy, value: int) -> list[int]:
+    """`value` of every replica (a collective: every worker must call it at the same point)."""
+    mine = tf.constant([value], tf.int64)
+
+    @tf.function
+    def gather():
+        every = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(mine, axis=0))
+        return strategy.experimental_local_results(every)[0]
+
+    return [int(v) for v in gather().numpy()]
+
+
+def _end_together(strategy: tf.distribute.Strategy, strategy_name: str) -> None:
+    """Several workers wait for each other (the chief's evaluation and export) and end together: a
+    worker that leaves first looks like a crash to the cluster's coordination service."""
+    if strategy_name == "multi_worker":
+        _gather(strategy, 0)
+
+
 def _agreed_step(strategy: tf.distribute.Strategy, agent: SORLAgent) -> int:
     """The restored step, checked to be the same on every worker (they restore from one shared run
     directory); TrainingError when not, which names what to fix."""
     step = _agent_step(agent)
     if strategy.num_replicas_in_sync > 1:
-        value = tf.constant([step], tf.int64)
-
-        @tf.function
-        def every_step():
-            steps = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(value, axis=0))
-            return strategy.experimental_local_results(steps)[0]
-
-        steps = sorted({int(s) for s in every_step().numpy()})
+        steps = sorted(set(_gather(strategy, step)))
         if len(steps) > 1:
             raise TrainingError(
                 f"the workers restored different steps ({', '.join(map(str, steps))}; this one {step}): every worker "
