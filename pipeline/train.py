@@ -74,7 +74,8 @@ def main(argv=None):
         sys.exit(f"train.py: {e}")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config)
     try:
-        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes)
+        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes,
+                                           prepare=args.strategy != "multi_worker")
         training.run_training(
             config, data_dir, workdir, strategy_name=args.strategy, export=not args.no_export,
             show_progress=not args.no_progress,

@@ -221,3 +221,36 @@ def test_a_signal_to_one_worker_stops_both_and_a_killed_pair_resumes(cube_tfreco
     steps = csv_steps(run / "metrics.csv")
     assert len(steps) == len(set(steps)) and steps[-1] == saved + 2, steps
     assert_close(cluster.weights("third-worker0"), cluster.weights("third-worker1"), exact=True)
+
+
+@pytest.mark.parametrize("value, says", [
+    (None, "which is not set: set it on every worker, e.g. TF_CONFIG="),
+    ("{cluster", "it is not valid JSON"),
+    ('{"cluster": {"worker": ["a:1"]}}', "it needs the fields 'cluster' and 'task'"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "'task.index' an entry of it"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "'task.type' must name a list"),
+])
+def test_a_missing_or_wrong_tf_config_is_a_clear_error(value, says):
+    from pipeline import training
+
+    with pytest.raises(training.TrainingError, match="--strategy=multi_worker reads the cluster from the TF_CONFIG") as caught:
+        training.check_tf_config(value)
+    assert says in str(caught.value)
+
+
+def test_tf_config_of_this_task_is_accepted():
+    from pipeline import training
+
+    value = '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}'
+    assert training.check_tf_config(value)["task"] == {"type": "worker", "index": 0}
+
+
+def test_workers_never_prepare_data(tmp_path):
+    from data.errors import DataError
+    from pipeline import datasets
+    from pipeline.config import DataSpec
+
+    with pytest.raises(DataError, match="the workers of --strategy=multi_worker do not make it"):
+        datasets.ensure_dataset(DataSpec(), artifacts=tmp_path, prepare=False)
+    assert not any(tmp_path.iterdir())
