@@ -22,7 +22,6 @@ Run on a quiet machine for numbers you report; two workers on a 2-core machine s
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,16 +29,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def free_ports(count: int) -> list:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from bench.common import free_ports  # noqa: E402
 
 
 def worker(args) -> dict:

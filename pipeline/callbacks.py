@@ -9,8 +9,8 @@ ever saved), and at a log boundary it logs, then checkpoints, then evaluates:
 Under several workers only the chief gets MetricsLogger and PeriodicEvaluation (and a progress
 bar); every worker gets the others, with the same all-reduced losses, so they stop and save at the
 same steps. A log boundary is the end of one of the loop's "epochs" (every multiple of
-`schedule.log_every`, and `gradient_steps`). Checkpoints and evaluations happen at the exact multiples of their own periods,
-inside a window or at its end, so no period has to divide another. A run stopped early (a signal,
+`schedule.log_every`, and `gradient_steps`). Checkpoints and evaluations happen at the exact
+multiples of their own periods, inside a window or at its end, so no period has to divide another. A run stopped early (a signal,
 a non-finite loss) ends its epoch off the log grid: that step is still logged.
 """
 

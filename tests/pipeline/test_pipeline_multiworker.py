@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench.common import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240  # seconds for one cluster to start, train and stop on a busy 2-core machine
@@ -47,17 +48,6 @@ finally:
             state.update({optimizer.name + "/" + v.path: v.numpy() for v in optimizer.variables})
         np.savez(sys.argv[1], **state)
 """
-
-
-def free_ports(count: int) -> list:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Cluster:
@@ -144,7 +134,8 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(cube_tfrec
             "--eval_every=0"]
     workers = cluster.start_workers("pair", [*args, f"--workdir={run}"])
     one = cluster.start("single", [*args, f"--workdir={single}"])
-    assert cluster.wait([*workers, one]) == [0, 0, 0], cluster.log("pair-worker0")[-3000:] + cluster.log("pair-worker1")[-3000:]
+    codes = cluster.wait([*workers, one])
+    assert codes == [0, 0, 0], cluster.log("pair-worker0")[-3000:] + cluster.log("pair-worker1")[-3000:]
 
     chief, other = cluster.weights("pair-worker0"), cluster.weights("pair-worker1")
     reference = cluster.weights("single")
@@ -234,7 +225,8 @@ def test_a_signal_to_one_worker_stops_both_and_a_killed_pair_resumes(cube_tfreco
 def test_a_missing_or_wrong_tf_config_is_a_clear_error(value, says):
     from pipeline import training
 
-    with pytest.raises(training.TrainingError, match="--strategy=multi_worker reads the cluster from the TF_CONFIG") as caught:
+    with pytest.raises(training.TrainingError,
+                       match="--strategy=multi_worker reads the cluster from the TF_CONFIG") as caught:
         training.check_tf_config(value)
     assert says in str(caught.value)
 
