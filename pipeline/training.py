@@ -49,6 +49,9 @@ from pipeline.interrupts import TrainingInterrupted
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation seed = agent seed + this: the same episodes at every evaluation
 STRATEGIES = ("default", "mirrored", "tpu", "multi_worker")
+# What the collectives of a worker raise when another worker died (multi_worker).
+PEER_LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -264,6 +267,14 @@ def run_training(
         except (TrainingInterrupted, TrainingError):  # a stop every worker takes after the same step
             _end_together(strategy, strategy_name)
             raise
+        except PEER_LOST as error:
+            if strategy_name != "multi_worker":
+                raise
+            # A worker died (killed, lost machine): the collectives of the others fail after a heartbeat timeout.
+            raise TrainingError(
+                f"{workdir}: a worker of the cluster stopped or cannot be reached ({checkpoints._why(error)}); "
+                f"stop every worker and start the same command on all of them again: they resume from the last "
+                f"checkpoint in {workdir / checkpoints.CHECKPOINT_DIR}.") from None
         _end_together(strategy, strategy_name)
         return summary
     finally:
