@@ -183,38 +183,41 @@ def wait_for_checkpoint(run: Path, procs, at_least: int, timeout: float = TIMEOU
     raise AssertionError(f"no checkpoint >= {at_least} in {timeout} s")
 
 
-def test_a_signal_to_one_worker_stops_both_and_a_killed_pair_resumes(cube_tfrecord_dir, tmp_path, cluster):
+def test_a_killed_pair_resumes_and_a_signal_to_one_worker_stops_both(cube_tfrecord_dir, tmp_path, cluster):
     run = tmp_path / "run"
-    args = [*TINY, f"--data={cube_tfrecord_dir}", f"--workdir={run}", "--eval_episodes=0", "--no_export"]
+    args = [*TINY, f"--data={cube_tfrecord_dir}", f"--workdir={run}", "--eval_episodes=0", "--no_export",
+            "--steps=100000"]
 
-    # SIGTERM to the non-chief alone: both stop after the same step, the chief checkpoints it.
-    first = cluster.start_workers("first", [*args, "--steps=100000", "--checkpoint_every=100000"])
-    wait_for_metrics = time.time() + TIMEOUT
-    while not (run / "metrics.csv").exists() and time.time() < wait_for_metrics:
-        time.sleep(0.2)
-    first[1].send_signal(signal.SIGTERM)
-    assert cluster.wait(first) == [128 + signal.SIGTERM] * 2
-    (stopped,) = checkpoint_steps(run)
-    for name in ("first-worker0", "first-worker1"):
-        assert f"stopped by SIGTERM at step {stopped}" in cluster.log(name), cluster.log(name)[-2000:]
-    assert f"SIGTERM: stopping after step {stopped}" in cluster.log("first-worker0")
-
-    # SIGKILL the non-chief mid-run (a lost machine): the chief's next collective fails and it ends with
-    # a one-line error; the restarted pair resumes from the last checkpoint.
-    second = cluster.start_workers("second", [*args, "--steps=100000", "--checkpoint_every=3"])
-    wait_for_checkpoint(run, second, at_least=stopped + 3)
-    os.kill(second[1].pid, signal.SIGKILL)
-    assert cluster.wait(second[:1], timeout=120) == [1]
-    last_line = cluster.log("second-worker0").strip().splitlines()[-1]
+    # SIGKILL the non-chief mid-run (a lost machine): the chief's next collective fails and it ends
+    # with a one-line error.
+    first = cluster.start_workers("first", [*args, "--checkpoint_every=3"])
+    wait_for_checkpoint(run, first, at_least=3)
+    os.kill(first[1].pid, signal.SIGKILL)
+    assert cluster.wait(first[:1], timeout=120) == [1]
+    last_line = cluster.log("first-worker0").strip().splitlines()[-1]
     assert last_line.startswith(f"train.py: {run}: a worker of the cluster stopped or cannot be reached"), last_line
     assert "start the same command on all of them again" in last_line
-    saved = max(checkpoint_steps(run))
-    third = cluster.start_workers("third", [*args, f"--steps={saved + 2}", "--checkpoint_every=3"])
-    assert cluster.wait(third) == [0, 0], cluster.log("third-worker0")[-3000:]
-    assert f"(step {saved})" in cluster.log("third-worker0")
+    saved, logged = max(checkpoint_steps(run)), max(csv_steps(run / "metrics.csv"), default=0)
+
+    # Both restarted: they resume from the last checkpoint. Then SIGTERM to the non-chief alone: both
+    # stop after the same step, which the chief checkpoints.
+    second = cluster.start_workers("second", [*args, "--checkpoint_every=100000"])
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and max(csv_steps(run / "metrics.csv"), default=0) <= logged:
+        assert all(p.poll() is None for p in second), "a worker ended early"
+        time.sleep(0.2)
+    second[1].send_signal(signal.SIGTERM)
+    assert cluster.wait(second) == [128 + signal.SIGTERM] * 2
+    assert f"Resuming {run} from {run / 'checkpoints' / f'ckpt-{saved}'} (step {saved})." in cluster.log("second-worker0")
+    stopped = max(checkpoint_steps(run))
+    assert stopped > saved
+    for name in ("second-worker0", "second-worker1"):
+        assert f"stopped by SIGTERM at step {stopped}" in cluster.log(name), cluster.log(name)[-2000:]
+    assert f"SIGTERM: stopping after step {stopped}" in cluster.log("second-worker0")
     steps = csv_steps(run / "metrics.csv")
-    assert len(steps) == len(set(steps)) and steps[-1] == saved + 2, steps
-    assert_close(cluster.weights("third-worker0"), cluster.weights("third-worker1"), exact=True)
+    assert len(steps) == len(set(steps)) and steps[-1] == stopped, steps  # each step logged once
+    assert_close(cluster.weights("second-worker0"), cluster.weights("second-worker1"), exact=True)
+    assert int(cluster.weights("second-worker0")["sorl_agent/training_steps"]) == stopped
 
 
 @pytest.mark.parametrize("value, says", [
