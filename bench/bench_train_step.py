@@ -4,6 +4,8 @@
     python -m bench.bench_train_step --quick         # 2 short windows per mode (smoke run)
     python -m bench.bench_train_step --jit=true --windows=9 --window_steps=50
     python -m bench.bench_train_step --ceiling        # FLOPs per step and this CPU's matmul rate
+    python -m bench.bench_train_step --loop=both --jit=true   # Keras' train function vs the training
+                                                              # driver (pipeline/training.py), alternating
     (bench/fma_peak.c measures the CPU's float32 FMA peak, the bound above any matmul rate;
     bench/bench_reference_jax.py times the authors' JAX update on the same machine)
 
@@ -14,6 +16,9 @@ function (what `agent.fit` runs). Reported per mode: the median steps/s over win
 clock), the median of steps per CPU-second (less sensitive to other processes on the machine,
 but counts both cores), and peak resident memory of the process. The per-batch k draws differ
 between steps, as in training, so windows average over k in {1, 2, 4, 8}.
+--loop=both builds one agent per loop and alternates their windows (fit, driver, fit, ...), both
+reading the losses after every step as the training loop's NonFiniteGuard does; steps/s are then
+reported per loop.
 Run on a quiet machine for numbers you report; they are only comparable on the same machine.
 """
 
@@ -105,13 +110,29 @@ def ceiling(args) -> dict:
     }
 
 
-def measure(jit_compile: bool, args) -> dict:
+def make_runner(jit_compile: bool, args, loop: str = "fit"):
+    """run(steps) -> the last actor loss, over a fresh agent: Keras' train function (`fit`, what
+    agent.fit runs) or pipeline.training.TrainingDriver (`driver`, what run_training runs)."""
     widths = (args.width,) * args.depth
     config = make_run_config("cube-single-play", {"batch_size": args.batch_size, "actor_hidden_dims": widths,
                                                   "critic_hidden_dims": widths, "m_btt": args.m_btt}).agent
     agent = SORLAgent(config, args.obs_dim, args.action_dim)
     agent.compile(jit_compile=jit_compile, steps_per_execution=args.steps_per_execution)
     batch = synthetic_batch(args.batch_size, args.obs_dim, args.action_dim)
+    read_each_step = args.loop == "both"
+    if loop == "driver":
+        from pipeline.training import TrainingDriver
+
+        driver = TrainingDriver(agent, tf.distribute.get_strategy())
+        iterator = iter(driver.distribute(lambda: tf.data.Dataset.from_tensors(batch).repeat()))
+
+        def run(steps):
+            logs = None
+            for _ in range(steps):
+                logs, _ = driver.train_step(iterator)  # reads the stop signal: one sync per step
+            return float(logs["actor/loss"])
+
+        return run
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     agent.make_train_function()
     train = agent.train_function
@@ -120,30 +141,43 @@ def measure(jit_compile: bool, args) -> dict:
         logs = None
         for _ in range(steps // args.steps_per_execution):
             logs = train(iterator)
+            if read_each_step:
+                float(logs["critic/loss"])
         return float(logs["actor/loss"])  # forces completion
 
-    started = time.perf_counter()
-    run(args.warmup)
-    compile_s = time.perf_counter() - started
-    wall_rates, cpu_rates = [], []
+    return run
+
+
+def measure(jit_compile: bool, args) -> list:
+    loops = ["fit", "driver"] if args.loop == "both" else [args.loop]
+    runs = {}
+    for loop in loops:
+        runs[loop] = make_runner(jit_compile, args, loop)
+    compile_s, wall_rates, cpu_rates = {}, {loop: [] for loop in loops}, {loop: [] for loop in loops}
+    for loop, run in runs.items():
+        started = time.perf_counter()
+        run(args.warmup)
+        compile_s[loop] = time.perf_counter() - started
     for _ in range(args.windows):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run(args.window_steps)
-        wall_rates.append(args.window_steps / (time.perf_counter() - wall))
-        cpu_rates.append(args.window_steps / (time.process_time() - cpu))
-    return {
+        for loop, run in runs.items():  # alternating, so a change of load hits every loop alike
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(args.window_steps)
+            wall_rates[loop].append(args.window_steps / (time.perf_counter() - wall))
+            cpu_rates[loop].append(args.window_steps / (time.process_time() - cpu))
+    return [{
         "jit_compile": jit_compile,
-        "steps_per_s": round(statistics.median(wall_rates), 2),
-        "steps_per_cpu_s": round(statistics.median(cpu_rates), 2),
-        "windows_steps_per_s": [round(r, 2) for r in wall_rates],
-        "compile_s": round(compile_s, 1),
+        **({"loop": loop} if args.loop != "fit" else {}),
+        "steps_per_s": round(statistics.median(wall_rates[loop]), 2),
+        "steps_per_cpu_s": round(statistics.median(cpu_rates[loop]), 2),
+        "windows_steps_per_s": [round(r, 2) for r in wall_rates[loop]],
+        "compile_s": round(compile_s[loop], 1),
         "peak_rss_mib": round(peak_rss_mib()),
         "batch_size": args.batch_size,
         "network": f"{args.depth}x{args.width}",
         "m_btt": args.m_btt,
         "steps_per_execution": args.steps_per_execution,
         "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
+    } for loop in loops]
 
 
 def main(argv=None):
@@ -161,6 +195,8 @@ def main(argv=None):
     parser.add_argument("--m_btt", type=int, default=8)
     parser.add_argument("--steps_per_execution", type=int, default=1,
                         help="train steps per call of Keras' train function (one compiled loop, no Python between)")
+    parser.add_argument("--loop", choices=["fit", "driver", "both"], default="fit",
+                        help="Keras' train function, the training driver, or both alternating (module docstring)")
     parser.add_argument("--ceiling", action="store_true",
                         help="only print FLOPs per step, the XLA matmul rate and the implied ceiling")
     args = parser.parse_args(argv)
@@ -176,7 +212,8 @@ def main(argv=None):
     modes = {"both": [True, False], "true": [True], "false": [False]}[args.jit]
     # Peak RSS is per process, so with --jit=both the second mode's figure includes the first's.
     for jit_compile in modes:
-        print(json.dumps(measure(jit_compile, args)), flush=True)
+        for result in measure(jit_compile, args):
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The Keras callbacks of the training loop, one per role, and the state they share.
 
-`run_training` passes them to `fit` in this order, so after every step the run checks the losses
-are finite before anything is saved (only finite weights are ever saved), and at a log boundary it
-logs, then checkpoints, then evaluates:
+The training driver (pipeline/training.py) calls them as Keras' fit does, in this order, so after
+every step the run checks the losses are finite before anything is saved (only finite weights are
+ever saved), and at a log boundary it logs, then checkpoints, then evaluates:
 
     [state, NonFiniteGuard, MetricsLogger, ProgressReporter, PeriodicCheckpoint, PeriodicEvaluation]
 
-A log boundary is the end of one of fit's "epochs" (every multiple of `schedule.log_every`, and
-`gradient_steps`). Checkpoints and evaluations happen at the exact multiples of their own periods,
-inside a window or at its end, so no period has to divide another. A run stopped early (a signal,
+Under several workers only the chief gets MetricsLogger and PeriodicEvaluation (and a progress
+bar); every worker gets the others, with the same all-reduced losses, so they stop and save at the
+same steps. A log boundary is the end of one of the loop's "epochs" (every multiple of
+`schedule.log_every`, and `gradient_steps`). Checkpoints and evaluations happen at the exact
+multiples of their own periods, inside a window or at its end, so no period has to divide another. A run stopped early (a signal,
 a non-finite loss) ends its epoch off the log grid: that step is still logged.
 """
 
@@ -109,13 +111,17 @@ class MetricsLogger(keras.callbacks.Callback):
 
 
 class ProgressReporter(keras.callbacks.Callback):
-    """A tqdm bar, or without one (logs, CI) one line per log window with steps/s, ETA and losses."""
+    """A tqdm bar, or without one (logs, CI) one line per log window with steps/s, ETA and losses.
 
-    def __init__(self, state: TrainingState, total_steps: int, show_bar: bool = True):
+    quiet: neither (a non-chief worker, whose chief reports the same steps); `say` still prints.
+    """
+
+    def __init__(self, state: TrainingState, total_steps: int, show_bar: bool = True, quiet: bool = False):
         super().__init__()
         self.state = state
         self.total_steps = total_steps
-        self.show_bar = show_bar
+        self.show_bar = show_bar and not quiet
+        self.quiet = quiet
         self._bar = None
 
     def on_train_begin(self, logs=None):
@@ -143,7 +149,7 @@ class ProgressReporter(keras.callbacks.Callback):
             ))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._bar is None and not self.state.failure:
+        if self._bar is None and not self.state.failure and not self.quiet:
             self.say(self.progress_line(logs or {}))
 
     def progress_line(self, logs: dict) -> str:

@@ -56,13 +56,14 @@ def check_dataset_matches(data, data_dir, metadata: dict) -> None:
 
 
 def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Optional[int] = None,
-                   artifacts: Path = DEFAULT_ARTIFACTS) -> Path:
+                   artifacts: Path = DEFAULT_ARTIFACTS, prepare: bool = True) -> Path:
     """The prepared TFRecord directory for a run on `data` (a DataSpec), made on first use.
 
     Order: `data_dir` (--data) if given, checked against `data`; else ARTIFACTS/data/DATASET if
     already prepared; else convert OGBench's own files if the user has them (~/.ogbench/data); else
     regenerate play data with the scripted oracles (cube-single, cube-double) and convert it with the
-    Beam job. DataError when none of these can work.
+    Beam job. DataError when none of these can work, or when it would have to make the data and
+    `prepare` is False (the workers of a multi-worker run, which would all make it at once).
     """
     if data_dir:
         # A clear error now beats one after the agent is built.
@@ -76,6 +77,10 @@ def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Opti
     prepared = Path(artifacts) / "data" / dataset
     if (prepared / "metadata.json").exists():
         return prepared
+    if not prepare:
+        raise DataError(f"no prepared data in {prepared}, and the workers of --strategy=multi_worker do not make it "
+                        "(each would): prepare it first (README steps 1 and 2, or a run without --strategy), "
+                        "or pass --data=DIR shared by every worker.")
     raw_dir = Path(artifacts) / "raw"
     candidates = [Path("~/.ogbench/data").expanduser() / f"{dataset}.npz", raw_dir / f"{dataset}.npz"]
     npz = next((c for c in candidates if c.exists() and c.with_name(f"{dataset}-val.npz").exists()), None)

@@ -3,7 +3,8 @@
 The first signal asks the loop to stop after the gradient step in flight (a `train_step` is never
 cut in half) and to checkpoint that step; the run then raises `TrainingInterrupted`, and rerunning
 the same command resumes there. A second signal is handled as usual: KeyboardInterrupt for
-SIGINT, termination for SIGTERM, losing the steps since the last checkpoint.
+SIGINT, termination for SIGTERM, losing the steps since the last checkpoint. Under several
+workers the first signal any of them receives stops all of them after the same step (PendingSignal).
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ def stopping_message(signal_number: int, next_step: int) -> str:
     """What the run says when the first signal arrives."""
     return (f"{signal.Signals(signal_number).name}: stopping after step {next_step} and saving a checkpoint "
             "(send it again to stop at once, losing the steps since the last checkpoint)")
+
+
+class PendingSignal:
+    """The first stop signal this worker received, kept until the workers agree on stopping.
+
+    Under several workers a worker cannot stop alone (the others would wait for it in the next
+    collective): the training driver sends `signal` with every step and every worker stops after
+    the step whose all-reduced signal is non-zero. Pass `record` to StopOnSignals.
+    """
+
+    def __init__(self):
+        self.signal = 0  # 0: none received
+
+    def record(self, signal_number: int) -> None:
+        if not self.signal:
+            self.signal = int(signal_number)
 
 
 class StopOnSignals:

@@ -60,8 +60,9 @@ def parse_args(argv):
     p.add_argument("--data", help="prepared TFRecord directory (default: artifacts/data/DATASET, made if missing)")
     p.add_argument("--generate_episodes", type=_integer, default=None,
                    help="training episodes to regenerate when the data is missing (default: the paper's 1000)")
-    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "tpu"],
-                   help="tf.distribute strategy: one device, all local devices, or a TPU")
+    p.add_argument("--strategy", default="default", choices=list(training.STRATEGIES),
+                   help="tf.distribute strategy: one device, all local devices (GPUs), a TPU, or several "
+                        "machines (multi_worker: one process each, the same command, cluster in TF_CONFIG)")
     p.add_argument("--no_export", action="store_true", help="skip the SavedModel export at the end")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
     return p.parse_args(argv)
@@ -114,7 +115,8 @@ def main(argv=None):
         sys.exit(f"train.py: {e}")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config, args.data)
     try:
-        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes)
+        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes,
+                                           prepare=args.strategy != "multi_worker")
         training.run_training(
             config, data_dir, workdir, strategy_name=args.strategy, export=not args.no_export,
             show_progress=not args.no_progress,

@@ -32,7 +32,7 @@ def test_log_windows_end_at_every_multiple_of_log_every_and_at_the_total(start, 
 def test_unknown_strategy_is_refused():
     from pipeline import training
 
-    with pytest.raises(training.TrainingError, match="--strategy='gpu' is not one of: default, mirrored, tpu"):
+    with pytest.raises(training.TrainingError, match="--strategy='gpu' is not one of: default, mirrored, tpu, multi_worker"):
         training.make_strategy("gpu")
 
 
@@ -66,20 +66,28 @@ from pipeline import training
 from pipeline.config import make_run_config
 config = make_run_config("cube", values={{"gradient_steps": 5, "log_every": 5, "eval_episodes": 0, "batch_size": 32,
                                          "actor_hidden_dims": (32, 32), "critic_hidden_dims": (32, 32),
-                                         "jit_compile": False}})
-summary = training.run_training(config, {data!r}, {workdir!r}, strategy_name="mirrored", export=False,
+                                         "jit_compile": False, "actor_lr": 1e-2, "critic_lr": 1e-2}})
+summary = training.run_training(config, {data!r}, {workdir!r} + "/mirrored", strategy_name="mirrored", export=False,
                                 show_progress=False)
-print(json.dumps({{"replicas": training.make_strategy("mirrored").num_replicas_in_sync, **summary}}))
+training.run_training(config, {data!r}, {workdir!r} + "/default", export=False, show_progress=False)
+# The same global batches, split over two replicas in the driver's input (row order) or not.
+from models import checkpoints
+mirrored, default = (checkpoints.load_agent({workdir!r} + "/" + name, say=print)[0] for name in ("mirrored", "default"))
+diff = max(float(abs(a.numpy() - b.numpy()).max()) for a, b in zip(mirrored.variables, default.variables))
+moved = float(abs(default.actor.weights[0].numpy() - type(default)(default.config, 28, 5).actor.weights[0].numpy()).max())
+print(json.dumps({{"replicas": training.make_strategy("mirrored").num_replicas_in_sync, "max_abs_diff": diff,
+                  "moved": moved, **summary}}))
 """
 
 
-def test_mirrored_strategy_trains_on_two_logical_cpus(cube_tfrecord_dir, tmp_path):
+def test_mirrored_strategy_trains_on_two_logical_cpus_like_one_device(cube_tfrecord_dir, tmp_path):
     script = MIRRORED_SCRIPT.format(data=str(cube_tfrecord_dir), workdir=str(tmp_path / "run"))
     # `python -c` from ROOT: the project's packages import from the working directory.
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["replicas"] == 2 and summary["step"] == 5
+    assert summary["moved"] > 1e-2 and summary["max_abs_diff"] < 1e-4  # as one device on the global batch
 
 
 # ------------------------------------------------------------------ run_training in process, tiny
