@@ -12,6 +12,7 @@ The paper's preset of each env family lives on data.envs.EnvFamily; a run on a d
 """
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Tuple
@@ -264,6 +265,11 @@ def dataset_record(metadata: Mapping) -> dict:
     }
 
 
+def _json_equal(value):
+    """`value` as config.json stores it, so a record read back compares equal to a fresh one."""
+    return json.loads(json.dumps(value))
+
+
 def make_agent(agent_config, obs_dim: int, action_dim: int, dataset: Optional[Mapping], where: str):
     """A SORLAgent whose units come from `dataset` (dataset_record's form; None: identity units).
     DataError naming `where` (the file the record came from), the field and the value when it does not fit."""
@@ -307,16 +313,24 @@ def load_run_config(workdir) -> Tuple[RunConfig, int, int, dict]:
     return config, int(run["obs_dim"]), int(run["action_dim"]), info
 
 
-def check_resumable(workdir, config: RunConfig) -> None:
-    """ValueError unless `config`'s agent and data equal those saved in workdir/config.json.
+# The dataset record's fields that shape the agent (its action units and observation standardisation).
+UNIT_FIELDS = ("action_bounds", "observation_statistics")
+
+
+def check_resumable(workdir, config: RunConfig, dataset: Optional[Mapping] = None) -> None:
+    """ValueError unless `config`'s agent and data, and the action bounds and observation statistics
+    of `dataset` (dataset_record of the data now given), equal those saved in workdir/config.json.
 
     The schedule may differ: it changes how long and how often, not what is trained.
     """
-    saved, _, _, _ = load_run_config(workdir)
+    saved, _, _, extra = load_run_config(workdir)
     changed = []
     for section in ("agent", "data"):
         before, now = to_dict(getattr(saved, section)), to_dict(getattr(config, section))
         changed += [f"{section}.{k}: saved {before[k]!r} vs now {now[k]!r}" for k in before if before[k] != now[k]]
+    if dataset is not None and extra.get("dataset") is not None:
+        changed += [f"dataset.{field}: the data now given has other values" for field in UNIT_FIELDS
+                    if _json_equal(extra["dataset"].get(field)) != _json_equal(dataset.get(field))]
     if changed:
         raise ValueError(
             f"{Path(workdir) / checkpoints.CONFIG_FILE} was written by a run with other settings "

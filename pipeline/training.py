@@ -473,7 +473,7 @@ def _restore_or_start(agent, config, workdir: Path, data_dir, strategy_name, obs
         log(f"Training {config.data.label} for {config.schedule.gradient_steps} steps; run directory {workdir}.")
         return False
     try:
-        run_config.check_resumable(workdir, config)
+        run_config.check_resumable(workdir, config, dataset)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     if chief:

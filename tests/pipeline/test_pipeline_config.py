@@ -289,3 +289,16 @@ def test_check_resumable_reads_old_runs(tmp_path):
     run_lib.check_resumable(tmp_path, dataclasses.replace(c, schedule=Schedule(gradient_steps=1_000_000)))
     with pytest.raises(ValueError, match=r"agent\.seed: saved 5 vs now 6"):
         run_lib.check_resumable(tmp_path, dataclasses.replace(c, agent=dataclasses.replace(c.agent, seed=6)))
+
+
+def test_check_resumable_refuses_data_with_other_action_bounds_or_observation_statistics(tmp_path):
+    c = run_lib.make_run_config("cube", overrides=["gradient_steps=100"])
+    record = {"action_bounds": {"low": [-2.0], "high": [2.0]},
+              "observation_statistics": {"mean": [0.5, 1.0], "std": [1.0, 2.0]}, "eval_env": "Pendulum-v1"}
+    run_lib.save_run_config(tmp_path, c, 2, 1, data_dir="/d", strategy="default", dataset=record)
+    run_lib.check_resumable(tmp_path, c, dict(record, eval_env="Other-v0"))  # not part of the agent
+    with pytest.raises(ValueError, match=r"dataset\.action_bounds: the data now given has other values"):
+        run_lib.check_resumable(tmp_path, c, dict(record, action_bounds={"low": [-1.0], "high": [2.0]}))
+    with pytest.raises(ValueError, match=r"dataset\.observation_statistics"):
+        run_lib.check_resumable(tmp_path, c, dict(record, observation_statistics={"mean": [0.5, 1.5],
+                                                                                   "std": [1.0, 2.0]}))
