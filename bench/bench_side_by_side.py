@@ -267,7 +267,8 @@ def main(argv=None):
                 [sys.executable, "-m", "pipeline.evaluate", f"--workdir={ours_dir}", f"--task={args.task}",
                  "--euler_steps=" + ",".join(map(str, BUDGETS)), f"--candidates={args.candidates}",
                  f"--episodes={args.eval_episodes}", "--no_progress"], ours_core), ours_env(), str(REPO)))
-        if reference_run_dir(final_root) is None or not (reference_run_dir(final_root) / "eval.csv").exists():
+        final_run = reference_run_dir(final_root)
+        if final_run is None or not (final_run / "eval.csv").exists():
             shutil.rmtree(final_root, ignore_errors=True)
             final_jobs.append((f"reference-s{seed}-final", pinned(
                 reference_command(args, seed, final_root, 1, 1, args.candidates, reference_run_dir(ref_root)),

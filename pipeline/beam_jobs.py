@@ -88,15 +88,17 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
 
 
-def pipeline_options(pipeline_args=(), elements: int | None = None) -> PipelineOptions:
+def pipeline_options(pipeline_args=(), elements: int | None = None,
+                     worker_threads: int | None = None) -> PipelineOptions:
     """Beam options from command-line style args; DirectRunner unless --runner says otherwise.
 
-    `elements` (the number of elements the job creates) sizes the Dask runner's partitions; the
+    `elements` (the number of elements the job creates) and `worker_threads` (the Dask cluster's, from
+    beam_runners.check_workers) size the Dask runner's partitions; the
     --runner shorthands are expanded as pipeline/beam_runners.py describes. Worker processes log
     at ERROR unless --default_sdk_harness_log_level says otherwise (below that every local worker
     prints its start-up chatter).
     """
-    args = beam_runners.runner_args(pipeline_args, elements)
+    args = beam_runners.runner_args(pipeline_args, elements, worker_threads)
     if not any(arg.startswith("--default_sdk_harness_log_level") for arg in args):
         args.append("--default_sdk_harness_log_level=ERROR")
     return PipelineOptions(args)
@@ -118,7 +120,7 @@ def run_pipeline(build, pipeline_args=(), elements: int | None = None) -> None:
     `report_data_errors`) is raised here as a DataError with the worker's message; Beam otherwise
     wraps it in runner-specific text."""
     worker_threads = beam_runners.check_workers(beam_runners.runner_args(pipeline_args))
-    options = pipeline_options(beam_runners.runner_args(pipeline_args, elements, worker_threads))
+    options = pipeline_options(pipeline_args, elements, worker_threads)
     try:
         with beam.Pipeline(options=options) as pipeline:
             build(pipeline)
