@@ -13,7 +13,9 @@ Both evaluate with N = 1 at every `--eval_every` steps (50 episodes per k in {1,
 the last step with N in `--candidates`: ours with pipeline/evaluate.py, the reference by its main.py
 restoring its last save and running one more gradient step, the only way its script evaluates a saved
 agent. Reruns skip what is done: ours resumes from its checkpoints; the reference cannot resume, so an
-unfinished reference run starts over.
+unfinished reference run starts over. `--codes=reference --cores=0` and `--codes=ours --cores=1` in two
+invocations with the same --out lay the runs out differently (the reference's seeds on one core, ours
+on the other); `--codes=` only rewrites the table from what is there.
 
 Written to --out: logs/, summary.csv (code, seed, step, k, N, success), side_by_side.md (the final
 table, mean +- std over seeds, and wall time per 1k gradient steps) and learning_curves.png.
@@ -51,7 +53,11 @@ def parse_args(argv):
     p.add_argument("--candidates", default="1,4,16", help="N of the final best-of-N evaluation")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--cores", default="0,1", help="the two cores to pin the two processes to")
+    p.add_argument("--codes", default="ours,reference",
+                   help="which code to train: both (each seed's pair at once, one per core), or one of them "
+                        "(its seeds in turn on the first of --cores; run another invocation for the other code "
+                        "on the other core); empty: only summarise what is under --out")
+    p.add_argument("--cores", default="0,1", help="the cores to pin the processes to")
     p.add_argument("--out", default="artifacts/side_by_side")
     return p.parse_args(argv)
 
@@ -187,7 +193,7 @@ def summarise(rows: list, walls: dict, args, out: Path) -> None:
     files.write_csv(out / "summary.csv", rows, ["code", "seed", "step", "k", "N", "success"])
     lines = [f"Task {args.task}, {args.steps} gradient steps, {args.depth} x {args.width} networks, "
              f"{args.eval_episodes} episodes per cell; success % as mean +- std over seeds "
-             f"{args.seeds} (per-seed values in brackets).", "",
+             f"{','.join(str(s) for s in sorted({r['seed'] for r in rows}))} (per-seed values in brackets).", "",
              "| code | N | " + " | ".join(f"k={k}" for k in BUDGETS) + " | s per 1k steps |",
              "|---|---|" + "---|" * len(BUDGETS) + "---|"]
     for code in ("sorl-tf", "reference"):
@@ -236,45 +242,66 @@ def plot(rows: list, args, path: Path) -> None:
     plt.close(figure)
 
 
+def train_seed(args, seed: int, core: str, codes: list, out: Path, raw: Path, reference_repo: Path) -> None:
+    """Trains and finally evaluates `codes` for one seed; with both codes, `core` is "A,B" (ours, reference)."""
+    logs = out / "logs"
+    ours_dir = out / f"ours-s{seed}"
+    ref_root, final_root = out / f"reference-s{seed}", out / f"reference-s{seed}-final"
+    env = reference_env(out / "reference-home", raw)
+    ours_core, ref_core = (core.split(",") * 2)[:2]
+    jobs = []
+    if "ours" in codes:
+        jobs.append((f"ours-s{seed}", pinned(ours_train_command(args, seed, ours_dir), ours_core), ours_env(), str(REPO)))
+    if "reference" in codes and not reference_finished(ref_root, args.steps):
+        shutil.rmtree(ref_root, ignore_errors=True)  # it cannot resume: start over
+        jobs.append((f"reference-s{seed}", pinned(reference_command(args, seed, ref_root, args.steps,
+                                                                    args.eval_every, "1"), ref_core),
+                     env, str(reference_repo)))
+    start = time.time()
+    run_pair(jobs, logs)
+    print(f"seed {seed}: training done in {time.time() - start:.0f} s", flush=True)
+    final_jobs = []
+    if "ours" in codes and not (ours_dir / "scaling" / "scaling.csv").exists():
+        final_jobs.append((f"ours-s{seed}-final", pinned(
+            [sys.executable, "-m", "pipeline.evaluate", f"--workdir={ours_dir}", f"--task={args.task}",
+             "--euler_steps=" + ",".join(map(str, BUDGETS)), f"--candidates={args.candidates}",
+             f"--episodes={args.eval_episodes}", "--no_progress"], ours_core), ours_env(), str(REPO)))
+    final_run = reference_run_dir(final_root)
+    if "reference" in codes and (final_run is None or not (final_run / "eval.csv").exists()):
+        shutil.rmtree(final_root, ignore_errors=True)
+        final_jobs.append((f"reference-s{seed}-final", pinned(
+            reference_command(args, seed, final_root, 1, 1, args.candidates, reference_run_dir(ref_root)),
+            ref_core), env, str(reference_repo)))
+    if final_jobs:
+        run_pair(final_jobs, logs)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if shutil.which("taskset") is None:
-        raise SystemExit("bench_side_by_side: needs taskset (util-linux) to pin each process to a core")
     out = Path(args.out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     raw, reference_repo = Path(args.raw).resolve(), Path(args.reference_repo).resolve()
     seeds = [int(s) for s in args.seeds.split(",")]
+    codes = [c for c in args.codes.split(",") if c]
+    unknown = set(codes) - {"ours", "reference"}
+    if unknown:
+        raise SystemExit(f"bench_side_by_side: --codes={args.codes}: unknown {sorted(unknown)}; use ours, reference or both")
     cores = args.cores.split(",")
-    rows, walls = [], {}
+    if codes and shutil.which("taskset") is None:
+        raise SystemExit("bench_side_by_side: needs taskset (util-linux) to pin each process to a core")
     for index, seed in enumerate(seeds):
+        if not codes:
+            break
+        if len(codes) == 2:  # the pair at once, one per core; the next seed swaps the cores
+            pair = cores if index % 2 == 0 else cores[::-1]
+            train_seed(args, seed, ",".join(pair), codes, out, raw, reference_repo)
+        else:  # one code: its seeds one after the other on the first core given
+            train_seed(args, seed, cores[0], codes, out, raw, reference_repo)
+    # The table covers every finished run under --out, also those another invocation trained.
+    rows, walls = [], {}
+    for seed in sorted({int(p.name.split("-s")[1].split("-")[0]) for p in out.glob("*-s*") if p.is_dir()}):
         ours_dir = out / f"ours-s{seed}"
         ref_root, final_root = out / f"reference-s{seed}", out / f"reference-s{seed}-final"
-        env = reference_env(out / "reference-home", raw)
-        ours_core, ref_core = (cores[0], cores[1]) if index % 2 == 0 else (cores[1], cores[0])
-        jobs = [(f"ours-s{seed}", pinned(ours_train_command(args, seed, ours_dir), ours_core), ours_env(), str(REPO))]
-        if not reference_finished(ref_root, args.steps):
-            shutil.rmtree(ref_root, ignore_errors=True)  # it cannot resume: start over
-            jobs.append((f"reference-s{seed}", pinned(reference_command(args, seed, ref_root, args.steps,
-                                                                        args.eval_every, "1"), ref_core),
-                         env, str(reference_repo)))
-        start = time.time()
-        run_pair(jobs, logs)
-        print(f"seed {seed}: training done in {time.time() - start:.0f} s", flush=True)
-        final_jobs = []
-        if not (ours_dir / "scaling" / "scaling.csv").exists():
-            final_jobs.append((f"ours-s{seed}-final", pinned(
-                [sys.executable, "-m", "pipeline.evaluate", f"--workdir={ours_dir}", f"--task={args.task}",
-                 "--euler_steps=" + ",".join(map(str, BUDGETS)), f"--candidates={args.candidates}",
-                 f"--episodes={args.eval_episodes}", "--no_progress"], ours_core), ours_env(), str(REPO)))
-        final_run = reference_run_dir(final_root)
-        if final_run is None or not (final_run / "eval.csv").exists():
-            shutil.rmtree(final_root, ignore_errors=True)
-            final_jobs.append((f"reference-s{seed}-final", pinned(
-                reference_command(args, seed, final_root, 1, 1, args.candidates, reference_run_dir(ref_root)),
-                ref_core), env, str(reference_repo)))
-        if final_jobs:
-            run_pair(final_jobs, logs)
         rows += ours_rows(seed, ours_dir) + reference_rows(seed, ref_root, final_root, args.steps)
         walls[("sorl-tf", seed)] = seconds_per_1k("sorl-tf", seed, ours_dir, ref_root)
         walls[("reference", seed)] = seconds_per_1k("reference", seed, ours_dir, ref_root)

@@ -1,0 +1,54 @@
+"""bench/bench_side_by_side.py's table: runs trained by separate invocations (one code per core) are
+merged from the --out folder, each code's CSV layout read as that code writes it."""
+
+import csv
+import json
+
+from bench import bench_side_by_side
+
+
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def reference_run(root, eval_rows, train_rows=None):
+    run = root / "dummy" / "Debug" / "sorl_sd000"
+    run.mkdir(parents=True)
+    (run / "flags.json").write_text(json.dumps({}))
+    write_csv(run / "eval.csv", eval_rows)
+    if train_rows:
+        write_csv(run / "train.csv", train_rows)
+
+
+def test_summary_merges_both_codes_from_the_out_folder(tmp_path):
+    ours = tmp_path / "ours-s0"
+    write_csv(ours / "eval.csv", [
+        dict(step=step, task=2, steps_k=k, num_samples=1, success_rate=s, mean_return=0, episodes=50, seconds=1)
+        for step in (50, 100) for k, s in ((1, 0.1), (4, 0.5 if step == 50 else 0.7))])
+    write_csv(ours / "scaling" / "scaling.csv", [
+        dict(policy="fixed", k=4, N=n, success_rate=s) for n, s in ((1, 0.66), (4, 0.4))])
+    write_csv(ours / "metrics.csv", [{"step": i, "perf/steps_per_second": r} for i, r in ((1, 20.0), (2, 25.0), (3, 40.0))])
+    reference_run(tmp_path / "reference-s0",
+                  [{"step": 100.0, "evaluation/n=1/success": 0.2, "eval_inference_4/n=1/success": 0.3}],
+                  [{"step": 100, "time/first_last_over_log_time": t} for t in (0.08, 0.09, 0.5)])
+    reference_run(tmp_path / "reference-s0-final",
+                  [{"step": 1.0, "evaluation/n=1/success": 0.9, "eval_inference_4/n=4/success": 0.25}])
+
+    bench_side_by_side.main(["--raw=unused", "--data=unused", "--reference_repo=unused", "--reference_python=unused",
+                             "--codes=", "--steps=100", "--out", str(tmp_path)])
+
+    table = (tmp_path / "side_by_side.md").read_text()
+    rows = {tuple(line.split(" | ")[:2]): line for line in table.splitlines() if line.startswith("| ")}
+    ours_n1 = rows[("| sorl-tf", "1")].split(" | ")
+    assert ours_n1[2] == "10 [10]" and ours_n1[4] == "70 [70]"  # k = 1 and 4 at the last step
+    assert ours_n1[-1].startswith("40")  # median of 20, 25, 40 steps/s = 25 -> 40 s per 1k steps
+    assert rows[("| sorl-tf", "4")].split(" | ")[4] == "40 [40]"  # N = 4 from evaluate.py's scaling.csv
+    reference_n1 = rows[("| reference", "1")].split(" | ")
+    assert reference_n1[2] == "20 [20]" and reference_n1[4] == "30 [30]"  # N = 1 from the training run, not the final
+    assert reference_n1[-1].startswith("90")  # median 0.09 s per step
+    assert rows[("| reference", "4")].split(" | ")[4] == "25 [25]"
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
