@@ -69,6 +69,8 @@ class EnvFamily:
         return f"{self.name}-singletask-task{check_task(self, task)}-v0"
 
 
+PLAY_EPISODES = 1000  # training episodes of OGBench's play datasets (and of a regeneration by default)
+
 FAMILIES = {
     family.name: family
     for family in [

@@ -194,14 +194,29 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
     return parsed
 
 
+# `--scale`: what a run's defaults are sized for. "paper": the paper's networks and 1M steps (a GPU run).
+# "cpu": networks and steps a 2-core CPU trains to a policy that solves cube-single task 2 most of the
+# time in about an hour, data generation included (BENCHMARKS.md "First run on 2 cores"). Typed flags
+# and --set still override each field.
+SCALES = {
+    "paper": {},
+    "cpu": {"actor_hidden_dims": (256, 256, 256), "critic_hidden_dims": (256, 256, 256),
+            "gradient_steps": 60_000, "eval_every": 20_000, "checkpoint_every": 10_000, "log_every": 1_000},
+}
+# Play episodes regenerated when a run's data is missing (None: the paper's 1000); each size keeps its
+# own folders (pipeline/datasets.py), so a small first run never feeds a later paper run.
+SCALE_GENERATE_EPISODES = {"paper": None, "cpu": 300}
+
+
 def make_run_config(env: Optional[str] = "cube", values: Mapping[str, object] = {}, overrides: Iterable[str] = (),
-                    preset: Optional[str] = None) -> RunConfig:
+                    preset: Optional[str] = None, scale: str = "paper") -> RunConfig:
     """The paper's preset for `env`'s family, then `values`, then `overrides` on top.
 
     env None: a run on a dataset's own rewards (reward key 'default'), with the paper's common
         settings (SPEC 5: the AgentConfig defaults; q_loss_coef, discount and q_agg as cube-single's).
     preset: an env family (any spelling) whose agent settings (q_loss_coef, discount, q_agg) to use
         instead of `env`'s or the common ones.
+    scale: a key of SCALES, whose fields come after the preset and before `values`.
     values: {field name: typed value} of any of the three sections (e.g. argparse flags); None
         values are ignored. overrides: "key=value" strings (--set), parsed by the field's type.
     An `env` in values or overrides picks that family's preset. Old names (`steps`,
@@ -225,7 +240,9 @@ def make_run_config(env: Optional[str] = "cube", values: Mapping[str, object] = 
     if preset is not None:
         chosen = envs.resolve_env(preset)
         sections["agent"] = dict(q_loss_coef=chosen.q_loss_coef, discount=chosen.discount, q_agg=chosen.q_agg)
-    for key, value in given.items():
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}.")
+    for key, value in {**SCALES[scale], **given}.items():
         sections[FIELDS[key][0]][key] = value
     built, problems = {}, []
     for name, fields in sections.items():  # every section checked, so one run shows every problem

@@ -59,7 +59,8 @@ def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Opti
                    artifacts: Path = DEFAULT_ARTIFACTS, prepare: bool = True) -> Path:
     """The prepared TFRecord directory for a run on `data` (a DataSpec), made on first use.
 
-    Order: `data_dir` (--data) if given, checked against `data`; else ARTIFACTS/data/DATASET if
+    Order: `data_dir` (--data) if given, checked against `data`; else ARTIFACTS/data/DATASET (or
+    DATASET-Nep for `generate_episodes` N other than the paper's 1000, from ARTIFACTS/raw/Nep) if
     already prepared; else convert OGBench's own files if the user has them (~/.ogbench/data); else
     regenerate play data with the scripted oracles (cube-single, cube-double) and convert it with the
     Beam job. DataError when none of these can work, or when it would have to make the data and
@@ -74,15 +75,18 @@ def ensure_dataset(data, data_dir: Optional[str] = None, generate_episodes: Opti
                         "(pipeline/preprocess.py --input=minari:ID or npz:PATH --output=DIR makes it)")
     family = envs.resolve_env(data.env)
     dataset = family.dataset_name
-    prepared = Path(artifacts) / "data" / dataset
+    sized = generate_episodes is not None and int(generate_episodes) != envs.PLAY_EPISODES
+    # Another size than the paper's gets folders of its own: a later run of the other size never
+    # trains on it by mistake, and OGBench's own (paper-size) files are not a stand-in for it.
+    prepared = Path(artifacts) / "data" / (f"{dataset}-{generate_episodes}ep" if sized else dataset)
     if (prepared / "metadata.json").exists():
         return prepared
     if not prepare:
         raise DataError(f"no prepared data in {prepared}, and the workers of --strategy=multi_worker do not make it "
                         "(each would): prepare it first (README steps 1 and 2, or a run without --strategy), "
                         "or pass --data=DIR shared by every worker.")
-    raw_dir = Path(artifacts) / "raw"
-    candidates = [Path("~/.ogbench/data").expanduser() / f"{dataset}.npz", raw_dir / f"{dataset}.npz"]
+    raw_dir = Path(artifacts) / "raw" / (f"{generate_episodes}ep" if sized else "")
+    candidates = ([] if sized else [Path("~/.ogbench/data").expanduser() / f"{dataset}.npz"]) + [raw_dir / f"{dataset}.npz"]
     npz = next((c for c in candidates if c.exists() and c.with_name(f"{dataset}-val.npz").exists()), None)
     beam_args = local_beam_args()
     if npz is None:

@@ -28,7 +28,7 @@ from data import envs, files, minari_source, ogbench_source, play_data
 from data.errors import DataError
 from pipeline import beam_jobs
 
-DEFAULT_EPISODES = 1000
+DEFAULT_EPISODES = envs.PLAY_EPISODES
 DEFAULT_EPISODE_LENGTH = 1001
 MINARI_NAMESPACE = "ogbench"
 # Each split is gathered in memory to write one file: 100x the paper's 1M rows (about 30 GB) at most.

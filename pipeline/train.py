@@ -43,6 +43,10 @@ def parse_args(argv):
     p.add_argument("--env", default=None,
                    help="OGBench env: cube (= cube-single-play), cube-double, scene, ... (default: the --data "
                         "dataset's OGBench env; without one, the dataset's own rewards; without --data, cube)")
+    p.add_argument("--scale", default="paper", choices=list(run_config.SCALES),
+                   help="defaults sized for: the paper (4 x 512 networks, 1M steps, 1000 regenerated episodes) or "
+                        "a 2-core CPU (3 x 256, 60k steps, 300 episodes: solves cube-single task 2 most of the "
+                        "time in about an hour); flags and --set override any of them")
     p.add_argument("--preset", help="the agent settings of this env family (q_loss_coef, discount, q_agg) instead "
                                     "of the env's or, on own rewards, the paper's common ones")
     p.add_argument("--eval_env", help="own rewards: gymnasium id of the evaluation env, registered in this process "
@@ -59,7 +63,8 @@ def parse_args(argv):
                                      "own rewards); reuse it to resume")
     p.add_argument("--data", help="prepared TFRecord directory (default: artifacts/data/DATASET, made if missing)")
     p.add_argument("--generate_episodes", type=_integer, default=None,
-                   help="training episodes to regenerate when the data is missing (default: the paper's 1000)")
+                   help="training episodes to regenerate when the data is missing (default: the paper's 1000; "
+                        "--scale=cpu: 300); other sizes than 1000 get folders of their own")
     p.add_argument("--strategy", default="default", choices=list(training.STRATEGIES),
                    help="tf.distribute strategy: one device, all local devices (GPUs), a TPU, or several "
                         "machines (multi_worker: one process each, the same command, cluster in TF_CONFIG)")
@@ -96,7 +101,7 @@ def resolve_config(args, metadata: Optional[dict] = None) -> run_config.RunConfi
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
         "eval_env": eval_env,
     }
-    return run_config.make_run_config(env, values=values, overrides=args.set, preset=args.preset)
+    return run_config.make_run_config(env, values=values, overrides=args.set, preset=args.preset, scale=args.scale)
 
 
 def default_workdir(config: run_config.RunConfig, data_dir=None) -> pathlib.Path:
@@ -115,7 +120,8 @@ def main(argv=None):
         sys.exit(f"train.py: {e}")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config, args.data)
     try:
-        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=args.generate_episodes,
+        episodes = args.generate_episodes or run_config.SCALE_GENERATE_EPISODES[args.scale]
+        data_dir = datasets.ensure_dataset(config.data, args.data, generate_episodes=episodes,
                                            prepare=args.strategy != "multi_worker")
         training.run_training(
             config, data_dir, workdir, strategy_name=args.strategy, export=not args.no_export,

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CODE_DIRS = ("pipeline", "models", "data", "serving", "interop")
 TINY_TRAIN = (
-    "--steps=10 --eval_every=10 --checkpoint_every=10 --eval_episodes=1 --batch_size=32 --generate_episodes=2"
+    "--steps=10 --eval_every=10 --checkpoint_every=10 --eval_episodes=1 --batch_size=32"
     " --set actor_hidden_dims=32,32 --set critic_hidden_dims=32,32 --set episode_length=20 --set log_every=5"
     " --set jit_compile=false --no_progress"
 )
@@ -94,7 +94,8 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_readme_main_job_runs_on_a_fresh_workspace(workspace):
     _, main_job = split_setup(setup_commands()[0])
-    proc = run(tiny(main_job.replace(".venv/bin/python", "python")), workspace)
+    # Two episodes instead of the main job's own count: its data folder is named after the count.
+    proc = run(tiny(main_job.replace(".venv/bin/python", "python")) + " --generate_episodes=2", workspace)
     assert "regenerating play data" in proc.stdout
     run_dir = next((workspace / "artifacts" / "runs").iterdir())
     assert (run_dir / "eval.csv").exists() and (run_dir / "export" / "1" / "saved_model.pb").exists()

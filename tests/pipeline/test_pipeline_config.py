@@ -20,6 +20,21 @@ def test_defaults_are_the_papers_cube_single_run():
         1_000_000, 5_000, 100_000, 50, 100_000, True)
 
 
+def test_cpu_scale_shrinks_networks_and_schedule_and_keeps_the_preset():
+    paper, cpu = run_lib.make_run_config("cube-double"), run_lib.make_run_config("cube-double", scale="cpu")
+    assert run_lib.make_run_config("cube-double", scale="paper") == paper
+    assert cpu.agent == dataclasses.replace(paper.agent, actor_hidden_dims=(256, 256, 256),
+                                            critic_hidden_dims=(256, 256, 256))
+    assert cpu.data == paper.data
+    assert (cpu.schedule.gradient_steps, cpu.schedule.eval_every, cpu.schedule.eval_episodes) == (60_000, 20_000, 50)
+    # flags and --set still win over the scale's values
+    mine = run_lib.make_run_config("cube", {"gradient_steps": 500}, ["critic_hidden_dims=64,64"], scale="cpu")
+    assert (mine.schedule.gradient_steps, mine.agent.critic_hidden_dims, mine.agent.actor_hidden_dims) == (
+        500, (64, 64), (256, 256, 256))
+    with pytest.raises(ValueError, match="scale='gpu': use one of paper, cpu"):
+        run_lib.make_run_config("cube", scale="gpu")
+
+
 def test_each_family_gets_its_preset():
     c = run_lib.make_run_config("antmaze-giant")
     assert (c.agent.q_loss_coef, c.agent.discount, c.agent.q_agg) == (500, 0.995, "min")

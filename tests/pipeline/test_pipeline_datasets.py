@@ -37,6 +37,25 @@ def test_a_prepared_dataset_under_artifacts_is_used_as_it_is(tmp_path):
     assert datasets.ensure_dataset(make_run_config("cube").data, artifacts=tmp_path) == prepared
 
 
+def test_another_episode_count_never_takes_the_paper_size_folders(tmp_path):
+    from pipeline import datasets
+    from pipeline.config import make_run_config
+
+    data = make_run_config("cube").data
+    paper = tmp_path / "data" / "cube-single-play-v0"
+    paper.mkdir(parents=True)
+    (paper / "metadata.json").write_text("{}")
+    assert datasets.ensure_dataset(data, generate_episodes=1000, artifacts=tmp_path) == paper
+    # a 300-episode run does not train on the paper-size data, nor the paper run on its data later
+    with pytest.raises(DataError, match="no prepared data in .*cube-single-play-v0-300ep"):
+        datasets.ensure_dataset(data, generate_episodes=300, artifacts=tmp_path, prepare=False)
+    small = tmp_path / "data" / "cube-single-play-v0-300ep"
+    small.mkdir()
+    (small / "metadata.json").write_text("{}")
+    assert datasets.ensure_dataset(data, generate_episodes=300, artifacts=tmp_path) == small
+    assert datasets.ensure_dataset(data, artifacts=tmp_path) == paper
+
+
 def test_local_beam_args_use_every_core():
     import os
     from pipeline import datasets
