@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from data import files
+from data import envs, files
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 4, 8)
@@ -80,10 +80,18 @@ def reference_command(args, seed: int, save_dir: Path, steps: int, eval_every: i
                f"--save_interval={args.steps}", f"--log_interval={min(5000, steps)}", f"--save_dir={save_dir}",
                "--track=False", f"--agent.actor_layer_size={args.width}", f"--agent.actor_num_layers={args.depth}",
                f"--agent.value_layer_size={args.width}", f"--agent.value_num_layers={args.depth}",
-               f"--agent.best_of_n_sweep=({candidates},)"]
+               f"--agent.best_of_n_sweep=({candidates},)"] + reference_preset()
     if restore_dir is None:
         return command + ["--debug=True"]  # no evaluation before the first update
     return command + [f"--restore_path={restore_dir}", f"--restore_epoch={args.steps}", "--debug=False"]
+
+
+def reference_preset() -> list:
+    """cube-single's preset as main.py flags: its agent defaults q_loss_coef to 100, and the authors'
+    README passes --agent.q_loss_coef=10 for cube-single (ours: data/envs.py, SPEC section 5)."""
+    family = envs.resolve_env("cube-single")
+    return [f"--agent.q_loss_coef={family.q_loss_coef:g}", f"--agent.discount={family.discount:g}",
+            f"--agent.q_agg={family.q_agg}"]
 
 
 def pinned(command: list, core: str) -> list:

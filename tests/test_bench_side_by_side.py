@@ -52,3 +52,11 @@ def test_summary_merges_both_codes_from_the_out_folder(tmp_path):
     assert reference_n1[-1].startswith("90")  # median 0.09 s per step
     assert rows[("| reference", "4")].split(" | ")[4] == "25 [25]"
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
+
+
+def test_the_reference_trains_with_cube_singles_preset_not_its_agent_defaults(tmp_path):
+    # agents/sorl.py defaults q_loss_coef to 100; the authors' README runs cube-single with 10, as ours does.
+    args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p"])
+    for command in (bench_side_by_side.reference_command(args, 0, tmp_path, 100, 50, "1"),
+                    bench_side_by_side.reference_command(args, 0, tmp_path, 1, 1, "4", restore_dir=tmp_path)):
+        assert {"--agent.q_loss_coef=10", "--agent.discount=0.99", "--agent.q_agg=mean"} <= set(command)
