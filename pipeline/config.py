@@ -201,7 +201,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
 SCALES = {
     "paper": {},
     "cpu": {"actor_hidden_dims": (256, 256, 256), "critic_hidden_dims": (256, 256, 256),
-            "gradient_steps": 60_000, "eval_every": 20_000, "checkpoint_every": 10_000, "log_every": 1_000},
+            "gradient_steps": 100_000, "eval_every": 20_000, "checkpoint_every": 10_000, "log_every": 1_000},
 }
 # Play episodes regenerated when a run's data is missing (None: the paper's 1000); each size keeps its
 # own folders (pipeline/datasets.py), so a small first run never feeds a later paper run.

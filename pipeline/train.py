@@ -45,7 +45,7 @@ def parse_args(argv):
                         "dataset's OGBench env; without one, the dataset's own rewards; without --data, cube)")
     p.add_argument("--scale", default="paper", choices=list(run_config.SCALES),
                    help="defaults sized for: the paper (4 x 512 networks, 1M steps, 1000 regenerated episodes) or "
-                        "a 2-core CPU (3 x 256, 60k steps, 300 episodes: solves cube-single task 2 most of the "
+                        "a 2-core CPU (3 x 256, 100k steps, 300 episodes: solves cube-single task 2 most of the "
                         "time in about an hour); flags and --set override any of them")
     p.add_argument("--preset", help="the agent settings of this env family (q_loss_coef, discount, q_agg) instead "
                                     "of the env's or, on own rewards, the paper's common ones")

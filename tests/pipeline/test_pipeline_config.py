@@ -26,7 +26,7 @@ def test_cpu_scale_shrinks_networks_and_schedule_and_keeps_the_preset():
     assert cpu.agent == dataclasses.replace(paper.agent, actor_hidden_dims=(256, 256, 256),
                                             critic_hidden_dims=(256, 256, 256))
     assert cpu.data == paper.data
-    assert (cpu.schedule.gradient_steps, cpu.schedule.eval_every, cpu.schedule.eval_episodes) == (60_000, 20_000, 50)
+    assert (cpu.schedule.gradient_steps, cpu.schedule.eval_every, cpu.schedule.eval_episodes) == (100_000, 20_000, 50)
     # flags and --set still win over the scale's values
     mine = run_lib.make_run_config("cube", {"gradient_steps": 500}, ["critic_hidden_dims=64,64"], scale="cpu")
     assert (mine.schedule.gradient_steps, mine.agent.critic_hidden_dims, mine.agent.actor_hidden_dims) == (
