@@ -12,8 +12,11 @@ reference those npz files (linked into a private HOME's ~/.ogbench/data, where o
 Both evaluate with N = 1 at every `--eval_every` steps (50 episodes per k in {1, 2, 4, 8}), then at
 the last step with N in `--candidates`: ours with pipeline/evaluate.py, the reference by its main.py
 restoring its last save and running one more gradient step, the only way its script evaluates a saved
-agent. Reruns skip what is done: ours resumes from its checkpoints; the reference cannot resume, so an
-unfinished reference run starts over. `--codes=reference --cores=0` and `--codes=ours --cores=1` in two
+agent. Reruns skip what is done: ours resumes from its checkpoints; the reference saves every
+--eval_every steps and an interrupted run goes on from its last save with its own --restore_path flag,
+in a folder of its own (reference-sSEED-fromSTEP). Its script then samples batches from the seed's
+numpy stream again, so a resumed stretch reuses the first stretch's batch order; the agent's networks,
+optimiser and random key come back whole. `--codes=reference --cores=0` and `--codes=ours --cores=1` in two
 invocations with the same --out lay the runs out differently (the reference's seeds on one core, ours
 on the other); `--codes=` only rewrites the table from what is there.
 
@@ -24,6 +27,7 @@ table, mean +- std over seeds, and wall time per 1k gradient steps) and learning
 import argparse
 import csv
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -71,19 +75,20 @@ def ours_train_command(args, seed: int, workdir: Path) -> list:
 
 
 def reference_command(args, seed: int, save_dir: Path, steps: int, eval_every: int, candidates: str,
-                      restore_dir: Path | None = None) -> list:
-    """The reference's main.py: training from scratch, or (restore_dir) its save at args.steps
-    restored, one more update, and one evaluation over `candidates`."""
+                      restore: tuple | None = None, evaluate_first: bool = False) -> list:
+    """The reference's main.py training `steps` updates, from scratch or from restore = (run dir, epoch)
+    of one of its saves; evaluate_first adds an evaluation after the first update (its script's only
+    way to evaluate a saved agent: restore it, train one step, evaluate over `candidates`)."""
     command = [args.reference_python, "main.py", "--agent=agents/sorl.py",
                f"--env_name={REFERENCE_ENV.format(task=args.task)}", f"--seed={seed}",
                f"--offline_steps={steps}", f"--eval_interval={eval_every}", f"--eval_episodes={args.eval_episodes}",
-               f"--save_interval={args.steps}", f"--log_interval={min(5000, steps)}", f"--save_dir={save_dir}",
+               f"--save_interval={args.eval_every}", f"--log_interval={min(5000, steps)}", f"--save_dir={save_dir}",
                "--track=False", f"--agent.actor_layer_size={args.width}", f"--agent.actor_num_layers={args.depth}",
                f"--agent.value_layer_size={args.width}", f"--agent.value_num_layers={args.depth}",
                f"--agent.best_of_n_sweep=({candidates},)"] + reference_preset()
-    if restore_dir is None:
-        return command + ["--debug=True"]  # no evaluation before the first update
-    return command + [f"--restore_path={restore_dir}", f"--restore_epoch={args.steps}", "--debug=False"]
+    if restore is not None:
+        command += [f"--restore_path={restore[0]}", f"--restore_epoch={restore[1]}"]
+    return command + [f"--debug={not evaluate_first}"]  # --debug=True skips the evaluation at step 1
 
 
 def reference_preset() -> list:
@@ -123,9 +128,38 @@ def reference_run_dir(save_root: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-def reference_finished(save_root: Path, steps: int) -> bool:
-    run = reference_run_dir(save_root)
-    return run is not None and (run / f"params_{steps}.pkl").exists()
+def reference_segments(out: Path, seed: int) -> list:
+    """(first step, folder) of each stretch of the reference's run for `seed`, in order: the first from
+    scratch in reference-sSEED, each later one in reference-sSEED-fromSTEP, restored from a save."""
+    segments = [(0, out / f"reference-s{seed}")]
+    for path in out.glob(f"reference-s{seed}-from*"):
+        match = re.fullmatch(rf"reference-s{seed}-from(\d+)", path.name)
+        if match and path.is_dir():
+            segments.append((int(match.group(1)), path))
+    return sorted(segments)
+
+
+def reference_last_save(out: Path, seed: int):
+    """(absolute step, run dir, the epoch main.py numbered it) of the latest save, or None."""
+    saves = []
+    for start, folder in reference_segments(out, seed):
+        run = reference_run_dir(folder) if folder.is_dir() else None
+        for path in run.glob("params_*.pkl") if run else []:
+            match = re.fullmatch(r"params_(\d+)\.pkl", path.name)
+            if match:
+                saves.append((start + int(match.group(1)), run, int(match.group(1))))
+    return max(saves) if saves else None
+
+
+def reference_next_segment(out: Path, seed: int, steps: int):
+    """Where the reference's training goes on: (first step, folder, restore or None), or None when its
+    save at `steps` exists. The folder is cleared by the caller: what it holds is an unfinished stretch."""
+    save = reference_last_save(out, seed)
+    if save is not None and save[0] >= steps:
+        return None
+    if save is None:
+        return 0, out / f"reference-s{seed}", None
+    return save[0], out / f"reference-s{seed}-from{save[0]}", save[1:]
 
 
 def run_pair(jobs: list, log_dir: Path) -> None:
@@ -168,11 +202,22 @@ def ours_rows(seed: int, workdir: Path) -> list:
     return rows
 
 
-def reference_rows(seed: int, save_root: Path, final_root: Path, steps: int) -> list:
-    """Its eval.csv columns 'evaluation/n=N/success' (k = 1) and 'eval_inference_K/n=N/success'."""
+def reference_rows(seed: int, out: Path, steps: int) -> list:
+    """Its eval.csv columns 'evaluation/n=N/success' (k = 1) and 'eval_inference_K/n=N/success', with
+    each stretch's steps counted from where it started; an evaluation that a later stretch repeated
+    (the run stopped between evaluating and saving) is taken from the later one."""
     rows = []
-    for run_dir, final in ((reference_run_dir(save_root), False), (reference_run_dir(final_root), True)):
+    segments = reference_segments(out, seed)
+    ends = [start for start, _ in segments[1:]] + [steps]
+    runs = [(reference_run_dir(folder), start, end, False) for (start, folder), end in zip(segments, ends)
+            if folder.is_dir()]
+    final_root = out / f"reference-s{seed}-final"
+    runs.append((reference_run_dir(final_root) if final_root.is_dir() else None, 0, steps, True))
+    for run_dir, start, end, final in runs:
         for r in read_csv(run_dir / "eval.csv") if run_dir else []:
+            step = steps if final else start + int(float(r["step"]))
+            if step > end:
+                continue
             for key, value in r.items():
                 parts = key.split("/")
                 if len(parts) != 3 or parts[2] != "success" or not parts[1].startswith("n=") or value == "":
@@ -181,19 +226,20 @@ def reference_rows(seed: int, save_root: Path, final_root: Path, steps: int) -> 
                 n = int(parts[1][2:])
                 if final and n == 1:
                     continue  # N = 1 at the last step comes from the training run's own evaluation
-                rows.append(dict(code="reference", seed=seed, step=steps if final else int(float(r["step"])),
-                                 k=k, N=n, success=float(value)))
+                rows.append(dict(code="reference", seed=seed, step=step, k=k, N=n, success=float(value)))
     return rows
 
 
-def seconds_per_1k(code: str, seed: int, workdir: Path, save_root: Path):
+def seconds_per_1k(code: str, seed: int, out: Path):
     """Median over log windows of the wall time per 1k gradient steps (evaluation windows excluded by the median)."""
     if code == "sorl-tf":
-        rates = [float(r["perf/steps_per_second"]) for r in read_csv(workdir / "metrics.csv")
+        rates = [float(r["perf/steps_per_second"]) for r in read_csv(out / f"ours-s{seed}" / "metrics.csv")
                  if r.get("perf/steps_per_second")]
         return 1000 / statistics.median(rates) if rates else None
-    run = reference_run_dir(save_root)
-    times = [float(r["time/first_last_over_log_time"]) for r in read_csv(run / "train.csv")] if run else []
+    times = []
+    for _, folder in reference_segments(out, seed):
+        run = reference_run_dir(folder) if folder.is_dir() else None
+        times += [float(r["time/first_last_over_log_time"]) for r in read_csv(run / "train.csv")] if run else []
     return 1000 * statistics.median(times) if times else None
 
 
@@ -254,16 +300,18 @@ def train_seed(args, seed: int, core: str, codes: list, out: Path, raw: Path, re
     """Trains and finally evaluates `codes` for one seed; with both codes, `core` is "A,B" (ours, reference)."""
     logs = out / "logs"
     ours_dir = out / f"ours-s{seed}"
-    ref_root, final_root = out / f"reference-s{seed}", out / f"reference-s{seed}-final"
+    final_root = out / f"reference-s{seed}-final"
     env = reference_env(out / "reference-home", raw)
     ours_core, ref_core = (core.split(",") * 2)[:2]
     jobs = []
     if "ours" in codes:
         jobs.append((f"ours-s{seed}", pinned(ours_train_command(args, seed, ours_dir), ours_core), ours_env(), str(REPO)))
-    if "reference" in codes and not reference_finished(ref_root, args.steps):
-        shutil.rmtree(ref_root, ignore_errors=True)  # it cannot resume: start over
-        jobs.append((f"reference-s{seed}", pinned(reference_command(args, seed, ref_root, args.steps,
-                                                                    args.eval_every, "1"), ref_core),
+    segment = reference_next_segment(out, seed, args.steps) if "reference" in codes else None
+    if segment is not None:
+        start, folder, restore = segment
+        shutil.rmtree(folder, ignore_errors=True)  # an unfinished stretch: it goes on from the last save
+        jobs.append((folder.name, pinned(reference_command(args, seed, folder, args.steps - start, args.eval_every,
+                                                           "1", restore=restore), ref_core),
                      env, str(reference_repo)))
     start = time.time()
     run_pair(jobs, logs)
@@ -278,7 +326,8 @@ def train_seed(args, seed: int, core: str, codes: list, out: Path, raw: Path, re
     if "reference" in codes and (final_run is None or not (final_run / "eval.csv").exists()):
         shutil.rmtree(final_root, ignore_errors=True)
         final_jobs.append((f"reference-s{seed}-final", pinned(
-            reference_command(args, seed, final_root, 1, 1, args.candidates, reference_run_dir(ref_root)),
+            reference_command(args, seed, final_root, 1, 1, args.candidates,
+                              restore=reference_last_save(out, seed)[1:], evaluate_first=True),
             ref_core), env, str(reference_repo)))
     if final_jobs:
         run_pair(final_jobs, logs)
@@ -295,6 +344,9 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"bench_side_by_side: --codes={args.codes}: unknown {sorted(unknown)}; use ours, reference or both")
     cores = args.cores.split(",")
+    if codes and args.steps % args.eval_every:
+        raise SystemExit(f"bench_side_by_side: --steps={args.steps} is not a multiple of --eval_every="
+                         f"{args.eval_every}; the reference saves (and resumes) every --eval_every steps")
     if codes and shutil.which("taskset") is None:
         raise SystemExit("bench_side_by_side: needs taskset (util-linux) to pin each process to a core")
     for index, seed in enumerate(seeds):
@@ -307,12 +359,12 @@ def main(argv=None):
             train_seed(args, seed, cores[0], codes, out, raw, reference_repo)
     # The table covers every finished run under --out, also those another invocation trained.
     rows, walls = [], {}
-    for seed in sorted({int(p.name.split("-s")[1].split("-")[0]) for p in out.glob("*-s*") if p.is_dir()}):
-        ours_dir = out / f"ours-s{seed}"
-        ref_root, final_root = out / f"reference-s{seed}", out / f"reference-s{seed}-final"
-        rows += ours_rows(seed, ours_dir) + reference_rows(seed, ref_root, final_root, args.steps)
-        walls[("sorl-tf", seed)] = seconds_per_1k("sorl-tf", seed, ours_dir, ref_root)
-        walls[("reference", seed)] = seconds_per_1k("reference", seed, ours_dir, ref_root)
+    seeds_found = {int(m.group(1)) for p in out.iterdir() if p.is_dir()
+                   for m in [re.fullmatch(r"(?:ours|reference)-s(\d+)(?:-.*)?", p.name)] if m}
+    for seed in sorted(seeds_found):
+        rows += ours_rows(seed, out / f"ours-s{seed}") + reference_rows(seed, out, args.steps)
+        walls[("sorl-tf", seed)] = seconds_per_1k("sorl-tf", seed, out)
+        walls[("reference", seed)] = seconds_per_1k("reference", seed, out)
     summarise(rows, walls, args, out)
 
 

@@ -15,13 +15,16 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
-def reference_run(root, eval_rows, train_rows=None):
+def reference_run(root, eval_rows, train_rows=None, saves=()):
     run = root / "dummy" / "Debug" / "sorl_sd000"
     run.mkdir(parents=True)
     (run / "flags.json").write_text(json.dumps({}))
     write_csv(run / "eval.csv", eval_rows)
     if train_rows:
         write_csv(run / "train.csv", train_rows)
+    for epoch in saves:
+        (run / f"params_{epoch}.pkl").write_bytes(b"")
+    return run
 
 
 def test_summary_merges_both_codes_from_the_out_folder(tmp_path):
@@ -58,5 +61,34 @@ def test_the_reference_trains_with_cube_singles_preset_not_its_agent_defaults(tm
     # agents/sorl.py defaults q_loss_coef to 100; the authors' README runs cube-single with 10, as ours does.
     args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p"])
     for command in (bench_side_by_side.reference_command(args, 0, tmp_path, 100, 50, "1"),
-                    bench_side_by_side.reference_command(args, 0, tmp_path, 1, 1, "4", restore_dir=tmp_path)):
+                    bench_side_by_side.reference_command(args, 0, tmp_path, 1, 1, "4", restore=(tmp_path, 100),
+                                                        evaluate_first=True)):
         assert {"--agent.q_loss_coef=10", "--agent.discount=0.99", "--agent.q_agg=mean"} <= set(command)
+
+
+def test_an_interrupted_reference_run_goes_on_from_its_last_save(tmp_path):
+    # Stopped after evaluating at 75 but before saving there: the next stretch restores the save at 50
+    # (epoch 50 of the first stretch), trains the 50 steps left, and its evaluation at 75 replaces the first's.
+    def success(step, value):
+        return {"step": float(step), "evaluation/n=1/success": value}
+
+    first = reference_run(tmp_path / "reference-s0", [success(25, 0.1), success(50, 0.2), success(75, 0.3)],
+                          saves=(25, 50))
+    assert bench_side_by_side.reference_next_segment(tmp_path, 0, 100) == (50, tmp_path / "reference-s0-from50", (first, 50))
+    args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p",
+                                          "--steps=100", "--eval_every=25"])
+    command = bench_side_by_side.reference_command(args, 0, tmp_path / "reference-s0-from50", 50, 25, "1", restore=(first, 50))
+    assert {f"--restore_path={first}", "--restore_epoch=50", "--offline_steps=50", "--save_interval=25",
+            "--debug=True"} <= set(command)
+
+    second = reference_run(tmp_path / "reference-s0-from50", [success(25, 0.6), success(50, 0.8)], saves=(25, 50))
+    assert bench_side_by_side.reference_next_segment(tmp_path, 0, 100) is None
+    assert bench_side_by_side.reference_last_save(tmp_path, 0) == (100, second, 50)
+    rows = bench_side_by_side.reference_rows(0, tmp_path, 100)
+    assert sorted((r["step"], r["success"]) for r in rows) == [(25, 0.1), (50, 0.2), (75, 0.6), (100, 0.8)]
+
+
+def test_a_reference_run_with_no_save_starts_from_scratch(tmp_path):
+    reference_run(tmp_path / "reference-s1", [{"step": 10.0, "evaluation/n=1/success": 0.5}])
+    assert bench_side_by_side.reference_next_segment(tmp_path, 1, 100) == (0, tmp_path / "reference-s1", None)
+    assert bench_side_by_side.reference_next_segment(tmp_path, 2, 100) == (0, tmp_path / "reference-s2", None)
