@@ -5,7 +5,12 @@ Two measurements of a trained agent's critic at k Euler steps:
   Monte-Carlo discounted returns (Pearson and Spearman correlations, mean gap);
 - the TD error of the critic loss's target on the validation split.
 
-`run_diagnostics` makes both for one task and writes q_vs_return_task{T}.csv and .png;
+And one of the critic's budget input, on validation states: the mean of Q(s, a_k, k) per k, the same
+action a_1 scored at every k, and how often the doubled action a_2k (same noise) beats a_k, scored
+across levels (Q(s, a_2k, 2k) vs Q(s, a_k, k), the adaptive rule's default) or at one input (the cap).
+A critic whose k input orders the budgets against their success stalls the adaptive rule at k = 1.
+
+`run_diagnostics` makes them for one task and writes q_vs_return_task{T}.csv and .png;
 `write_diagnostics_json` writes the summaries (diagnostics.json).
 """
 
@@ -130,6 +135,46 @@ def validation_td_summary(agent, data_dir, task, euler_steps, val_batches, seed,
                 td_error_rmse=float((errors ** 2).mean() ** 0.5))
 
 
+def budget_ranking(agent, observations, budgets=(1, 2, 4, 8), seed: int = 0) -> dict:
+    """The critic's view of the budgets on `observations` [B, obs_dim]: a_k = agent.act(s, k) from one
+    seeded noise per row for every k in `budgets` (powers of two, ascending), and
+
+      q_mean_at_own_k[k]        mean Q(s, a_k, k)
+      q_mean_of_a1_at_k[k]      mean Q(s, a_1, k): one action, the budget input alone moving Q
+      doubled_wins_across_levels[k]  fraction of rows with Q(s, a_2k, 2k) > Q(s, a_k, k)
+      doubled_wins_same_level[k]     fraction with Q(s, a_2k, K) > Q(s, a_k, K), K = the largest budget
+
+    (dict keys are str(k), for JSON)."""
+    budgets = sorted(int(k) for k in budgets)
+    observations = tf.convert_to_tensor(observations, tf.float32)
+    noise = tf.random.stateless_normal([int(observations.shape[0]), 1, int(agent.action_dim)], seed=[int(seed), 0])
+    actions = {k: agent.act(observations, euler_steps=k, num_samples=1, noise=noise) for k in budgets}
+
+    def q(action, k):
+        return agent.q_values(observations, action, k).numpy()
+
+    cap, first = budgets[-1], budgets[0]
+    pairs = list(zip(budgets[:-1], budgets[1:]))
+    return dict(
+        budget_states=int(observations.shape[0]),
+        q_mean_at_own_k={str(k): float(q(actions[k], k).mean()) for k in budgets},
+        q_mean_of_a1_at_k={str(k): float(q(actions[first], k).mean()) for k in budgets},
+        doubled_wins_across_levels={str(k): float((q(actions[k2], k2) > q(actions[k], k)).mean()) for k, k2 in pairs},
+        doubled_wins_same_level={str(k): float((q(actions[k2], cap) > q(actions[k], cap)).mean()) for k, k2 in pairs},
+    )
+
+
+def validation_budget_ranking(agent, data_dir, task, seed, states: int = 1024) -> dict:
+    """budget_ranking on the first `states` observations of the validation split of `data_dir`."""
+    from data import reader
+
+    dataset = reader.make_dataset(str(data_dir), split="val", task=task, batch_size=states, seed=seed,
+                                  shuffle=False, repeat=False, cache=False, drop_remainder=False)
+    observations = next(iter(dataset))["observations"]
+    m_btt = int(agent.config.m_btt)
+    return budget_ranking(agent, observations, [2**i for i in range(m_btt.bit_length())], seed)
+
+
 def run_diagnostics(agent, env, task, episodes, seed, euler_steps, data_dir, val_batches, output,
                     num_envs=None, episode_length=None, vectorization="auto", show_progress=True,
                     cap_step_level=False) -> dict:
@@ -161,6 +206,7 @@ def run_diagnostics(agent, env, task, episodes, seed, euler_steps, data_dir, val
     )
     if data_dir:
         summary.update(validation_td_summary(agent, data_dir, task, euler_steps, val_batches, seed, cap_step_level))
+        summary.update(validation_budget_ranking(agent, data_dir, task, seed))
     else:
         summary["td_error"] = "skipped: no --data and the run records no data directory"
     output = Path(output)

@@ -23,8 +23,8 @@ task=all rows pooling the tasks), success_vs_k.png, success_vs_N.png, success_vs
 several checkpoints or with --protocol=paper, protocol_rows.csv (every evaluation), paper_summary.csv
 (per seed and across seeds, per task and the mean over tasks), paper_table.md, paper_success_vs_k.png;
 with --diagnostics also diagnostics.json, q_vs_return_task{T}.csv and q_vs_return_task{T}.png (how well the critic ranks
-actions: Q of the actions taken against their Monte-Carlo returns, and the TD error on the
-validation split). On a dataset's own rewards: scaling.csv (no task; return_std and normalized_score
+actions: Q of the actions taken against their Monte-Carlo returns, the TD error on the
+validation split, and the budget input's ranking of k on validation states). On a dataset's own rewards: scaling.csv (no task; return_std and normalized_score
 columns) and return_vs_k.png, return_vs_N.png, return_vs_compute.png. The work is
 pipeline.scaling.run_evaluation.
 """

@@ -46,3 +46,26 @@ def test_q_column_is_the_agents_critic(tiny_agent):
     trajectory = rollout["trajectories"][0]
     expected = agent.q_values(trajectory["observations"], trajectory["actions"], 2).numpy()
     np.testing.assert_allclose(pairs["q"], expected, rtol=1e-5)
+
+
+class LinearBudgetAgent:
+    """act(s, k) = k * s[:, 0] and Q(s, a, k) = a - k: the budget ranking can be worked out by hand."""
+    action_dim = 1
+
+    def act(self, observations, euler_steps, num_samples=1, noise=None):
+        return observations[:, :1] * float(euler_steps)
+
+    def q_values(self, observations, actions, euler_steps):
+        return actions[:, 0] - float(euler_steps)
+
+
+def test_budget_ranking_by_hand():
+    s0 = np.array([[-1.0, 9.0], [0.5, 9.0], [2.0, 9.0], [3.0, 9.0]], np.float32)
+    ranking = diagnostics.budget_ranking(LinearBudgetAgent(), s0, budgets=(1, 2, 4))
+    # Q(s, a_k, k) = k (s0 - 1): mean 0.125 k. Q(s, a_1, k) = s0 - k: mean 1.125 - k.
+    assert ranking["q_mean_at_own_k"] == pytest.approx({"1": 0.125, "2": 0.25, "4": 0.5})
+    assert ranking["q_mean_of_a1_at_k"] == pytest.approx({"1": 0.125, "2": -0.875, "4": -2.875})
+    # Across levels 2k (s0 - 1) > k (s0 - 1) iff s0 > 1 (2 of 4 rows); at one input 2k s0 > k s0 iff s0 > 0 (3 of 4).
+    assert ranking["doubled_wins_across_levels"] == {"1": 0.5, "2": 0.5}
+    assert ranking["doubled_wins_same_level"] == {"1": 0.75, "2": 0.75}
+    assert ranking["budget_states"] == 4

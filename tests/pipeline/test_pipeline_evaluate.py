@@ -115,6 +115,11 @@ def test_diagnostics_q_against_returns_and_td_error(run_dir, cube_tfrecord_dir, 
     assert summary["td_transitions"] == metadata["counts"]["val"]  # every validation transition
     assert np.isfinite(summary["td_error_rmse"]) and summary["td_error_rmse"] >= abs(summary["td_error_mean"])
     assert (out / "q_vs_return_task2.png").stat().st_size > 1000
+    # The budget input's ranking over every level the run trained (m_btt), on up to 1,024 validation states.
+    levels = [str(2**i) for i in range(int(json.loads((run_dir / "config.json").read_text())["agent"]["m_btt"]).bit_length())]
+    assert summary["budget_states"] == min(1024, metadata["counts"]["val"])
+    assert list(summary["q_mean_at_own_k"]) == levels and list(summary["doubled_wins_same_level"]) == levels[:-1]
+    assert all(0.0 <= v <= 1.0 for v in summary["doubled_wins_across_levels"].values())
 
 
 def test_diagnostics_need_a_checkpoint(run_dir, tmp_path):
