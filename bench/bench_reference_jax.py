@@ -48,12 +48,20 @@ def synthetic_batch(rng, batch_size: int, obs_dim: int, action_dim: int):
     }
 
 
+def import_reference(reference_repo: str):
+    """The checkout's agents/sorl.py module; the checkout goes first on sys.path (a foreign repository,
+    whose `agents` and `utils` packages then import as its own code expects)."""
+    sys.path.insert(0, os.path.abspath(reference_repo))
+    from agents import sorl
+
+    return sorl
+
+
 def make_agent(reference_repo: str, obs_dim: int, action_dim: int, stop_next_action_gradient: bool):
     import jax
     import numpy as np
 
-    sys.path.insert(0, os.path.abspath(reference_repo))
-    from agents import sorl  # the reference checkout's module
+    sorl = import_reference(reference_repo)
 
     if stop_next_action_gradient:
         # SPEC section 3: a' carries no gradient. The reference's critic loss back-propagates into

@@ -13,8 +13,9 @@ Run it in the reference's venv (bench/bench_reference_jax.py says how to make it
 """
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from bench.bench_reference_jax import import_reference
 
 BUDGETS = (1, 2, 4, 8)
 
@@ -36,19 +37,18 @@ def main(argv=None):
     if not (run_dir / f"params_{args.epoch}.pkl").exists():
         saves = sorted(p.name for p in run_dir.glob("params_*.pkl"))
         raise SystemExit(f"reference_budget_ranking: {run_dir} has no params_{args.epoch}.pkl (saves: {saves})")
-    sys.path.insert(0, str(Path(args.reference_repo).resolve()))
+    sorl = import_reference(args.reference_repo)
     import jax
     import jax.numpy as jnp
     import ml_collections
     import numpy as np
-    from agents.sorl import SORLAgent
-    from utils.flax_utils import restore_agent
+    from utils.flax_utils import restore_agent  # the checkout's, importable once import_reference ran
 
     config = ml_collections.ConfigDict(json.loads((run_dir / "flags.json").read_text())["agent"])
     with np.load(args.val, allow_pickle=False) as data:
         observations = jnp.asarray(data["observations"][:args.states], jnp.float32)
         example_actions = jnp.asarray(data["actions"][:1], jnp.float32)
-    agent = restore_agent(SORLAgent.create(args.seed, observations[:1], example_actions, config), str(run_dir), args.epoch)
+    agent = restore_agent(sorl.SORLAgent.create(args.seed, observations[:1], example_actions, config), str(run_dir), args.epoch)
     key = jax.random.PRNGKey(args.seed)
     actions = {k: agent.sample_actions(observations, seed=key, inference_timesteps=k, n=1) for k in BUDGETS}
 
@@ -66,7 +66,6 @@ def main(argv=None):
         doubled_wins_same_level={str(k): float((q(actions[k2], cap) > q(actions[k], cap)).mean()) for k, k2 in pairs},
     )
     print(json.dumps(result, indent=1))
-    return result
 
 
 if __name__ == "__main__":
