@@ -129,22 +129,22 @@ def reference_run_dir(save_root: Path) -> Path | None:
 
 
 def reference_segments(out: Path, seed: int) -> list:
-    """(first step, folder) of each stretch of the reference's run for `seed`, in order: the first from
-    scratch in reference-sSEED, each later one in reference-sSEED-fromSTEP, restored from a save."""
-    segments = [(0, out / f"reference-s{seed}")]
+    """(first step, run dir) of each stretch of the reference's run for `seed` that main.py started, in
+    order: the first from scratch in reference-sSEED, each later one in reference-sSEED-fromSTEP,
+    restored from a save."""
+    folders = [(0, out / f"reference-s{seed}")]
     for path in out.glob(f"reference-s{seed}-from*"):
         match = re.fullmatch(rf"reference-s{seed}-from(\d+)", path.name)
-        if match and path.is_dir():
-            segments.append((int(match.group(1)), path))
-    return sorted(segments)
+        if match:
+            folders.append((int(match.group(1)), path))
+    return sorted((start, run) for start, folder in folders if (run := reference_run_dir(folder)) is not None)
 
 
 def reference_last_save(out: Path, seed: int):
     """(absolute step, run dir, the epoch main.py numbered it) of the latest save, or None."""
     saves = []
-    for start, folder in reference_segments(out, seed):
-        run = reference_run_dir(folder) if folder.is_dir() else None
-        for path in run.glob("params_*.pkl") if run else []:
+    for start, run in reference_segments(out, seed):
+        for path in run.glob("params_*.pkl"):
             match = re.fullmatch(r"params_(\d+)\.pkl", path.name)
             if match:
                 saves.append((start + int(match.group(1)), run, int(match.group(1))))
@@ -209,10 +209,8 @@ def reference_rows(seed: int, out: Path, steps: int) -> list:
     rows = []
     segments = reference_segments(out, seed)
     ends = [start for start, _ in segments[1:]] + [steps]
-    runs = [(reference_run_dir(folder), start, end, False) for (start, folder), end in zip(segments, ends)
-            if folder.is_dir()]
-    final_root = out / f"reference-s{seed}-final"
-    runs.append((reference_run_dir(final_root) if final_root.is_dir() else None, 0, steps, True))
+    runs = [(run, start, end, False) for (start, run), end in zip(segments, ends)]
+    runs.append((reference_run_dir(out / f"reference-s{seed}-final"), 0, steps, True))
     for run_dir, start, end, final in runs:
         for r in read_csv(run_dir / "eval.csv") if run_dir else []:
             step = steps if final else start + int(float(r["step"]))
@@ -237,9 +235,8 @@ def seconds_per_1k(code: str, seed: int, out: Path):
                  if r.get("perf/steps_per_second")]
         return 1000 / statistics.median(rates) if rates else None
     times = []
-    for _, folder in reference_segments(out, seed):
-        run = reference_run_dir(folder) if folder.is_dir() else None
-        times += [float(r["time/first_last_over_log_time"]) for r in read_csv(run / "train.csv")] if run else []
+    for _, run in reference_segments(out, seed):
+        times += [float(r["time/first_last_over_log_time"]) for r in read_csv(run / "train.csv")]
     return 1000 * statistics.median(times) if times else None
 
 

@@ -7,7 +7,7 @@
 gives the agent's configuration and params_EPOCH.pkl the weights (restored with the checkout's own
 `restore_agent`, which unpickles: pass only saves your own runs wrote). On the first `--states`
 observations of `--val`, a_k = its sampler's k-step action from one key (so one noise per state for
-every k), and it prints pipeline/diagnostics.budget_ranking's four measurements: mean Q(s, a_k, k),
+every k), and it prints pipeline/budget_ranking.py's four measurements: mean Q(s, a_k, k),
 mean Q(s, a_1, k), and how often a_2k beats a_k across levels and at the largest k.
 Run it in the reference's venv (bench/bench_reference_jax.py says how to make it).
 """
@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from bench.bench_reference_jax import import_reference
+from pipeline.budget_ranking import rank_budgets
 
 BUDGETS = (1, 2, 4, 8)
 
@@ -52,19 +53,13 @@ def main(argv=None):
     key = jax.random.PRNGKey(args.seed)
     actions = {k: agent.sample_actions(observations, seed=key, inference_timesteps=k, n=1) for k in BUDGETS}
 
-    def q(action, k):
-        steps = jnp.full((observations.shape[0], 1), k)
-        values = agent.network.select("critic")(observations, actions=action, timesteps=steps)
+    def q(action_k, input_k):
+        steps = jnp.full((observations.shape[0], 1), input_k)
+        values = agent.network.select("critic")(observations, actions=actions[action_k], timesteps=steps)
         return np.asarray(values.min(axis=0) if config["q_agg"] == "min" else values.mean(axis=0))
 
-    cap, pairs = BUDGETS[-1], list(zip(BUDGETS[:-1], BUDGETS[1:]))
-    result = dict(
-        run=str(run_dir), epoch=args.epoch, budget_states=int(observations.shape[0]),
-        q_mean_at_own_k={str(k): float(q(actions[k], k).mean()) for k in BUDGETS},
-        q_mean_of_a1_at_k={str(k): float(q(actions[1], k).mean()) for k in BUDGETS},
-        doubled_wins_across_levels={str(k): float((q(actions[k2], k2) > q(actions[k], k)).mean()) for k, k2 in pairs},
-        doubled_wins_same_level={str(k): float((q(actions[k2], cap) > q(actions[k], cap)).mean()) for k, k2 in pairs},
-    )
+    result = dict(run=str(run_dir), epoch=args.epoch, budget_states=int(observations.shape[0]),
+                  **rank_budgets(BUDGETS, q))
     print(json.dumps(result, indent=1))
 
 

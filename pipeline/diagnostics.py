@@ -25,6 +25,7 @@ import tensorflow as tf
 from data import files
 from models.noise import noise_seeds, row_seeded_noise
 from pipeline import policies, rollouts
+from pipeline.budget_ranking import rank_budgets
 
 PAIRS_COLUMNS = ("episode", "t", "q", "mc_return", "episode_success")
 TD_BATCH_SIZE = 256
@@ -136,32 +137,16 @@ def validation_td_summary(agent, data_dir, task, euler_steps, val_batches, seed,
 
 
 def budget_ranking(agent, observations, budgets=(1, 2, 4, 8), seed: int = 0) -> dict:
-    """The critic's view of the budgets on `observations` [B, obs_dim]: a_k = agent.act(s, k) from one
-    seeded noise per row for every k in `budgets` (powers of two, ascending), and
-
-      q_mean_at_own_k[k]        mean Q(s, a_k, k)
-      q_mean_of_a1_at_k[k]      mean Q(s, a_1, k): one action, the budget input alone moving Q
-      doubled_wins_across_levels[k]  fraction of rows with Q(s, a_2k, 2k) > Q(s, a_k, k)
-      doubled_wins_same_level[k]     fraction with Q(s, a_2k, K) > Q(s, a_k, K), K = the largest budget
-
-    (dict keys are str(k), for JSON)."""
-    budgets = sorted(int(k) for k in budgets)
+    """pipeline.budget_ranking.rank_budgets of our critic on `observations` [B, obs_dim], with
+    a_k = agent.act(s, k) from one seeded noise per row for every k in `budgets` (powers of two)."""
     observations = tf.convert_to_tensor(observations, tf.float32)
     noise = tf.random.stateless_normal([int(observations.shape[0]), 1, int(agent.action_dim)], seed=[int(seed), 0])
-    actions = {k: agent.act(observations, euler_steps=k, num_samples=1, noise=noise) for k in budgets}
+    actions = {int(k): agent.act(observations, euler_steps=int(k), num_samples=1, noise=noise) for k in budgets}
 
-    def q(action, k):
-        return agent.q_values(observations, action, k).numpy()
+    def q(action_k, input_k):
+        return agent.q_values(observations, actions[action_k], input_k).numpy()
 
-    cap, first = budgets[-1], budgets[0]
-    pairs = list(zip(budgets[:-1], budgets[1:]))
-    return dict(
-        budget_states=int(observations.shape[0]),
-        q_mean_at_own_k={str(k): float(q(actions[k], k).mean()) for k in budgets},
-        q_mean_of_a1_at_k={str(k): float(q(actions[first], k).mean()) for k in budgets},
-        doubled_wins_across_levels={str(k): float((q(actions[k2], k2) > q(actions[k], k)).mean()) for k, k2 in pairs},
-        doubled_wins_same_level={str(k): float((q(actions[k2], cap) > q(actions[k], cap)).mean()) for k, k2 in pairs},
-    )
+    return dict(budget_states=int(observations.shape[0]), **rank_budgets(budgets, q))
 
 
 def validation_budget_ranking(agent, data_dir, task, seed, states: int = 1024) -> dict:
