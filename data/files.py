@@ -103,16 +103,16 @@ def save_figure(figure, path, dpi: int = 120) -> Path:
 
 # Staging folders of whole-directory outputs, named after host and process so that the next run
 # can tell a killed job's leftovers from a running job's folder.
-def _host() -> str:
+def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 def staging_path(parent: str, prefix: str) -> str:
     """A fresh hidden working folder name in `parent`: PREFIX.tmp-HOST-PID-XXXXXXXX."""
-    return os.path.join(parent, f"{prefix}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return os.path.join(parent, f"{prefix}.tmp-{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -132,7 +132,7 @@ def remove_stale_staging(parent: str, prefix: str) -> list:
     removed = []
     for name in sorted(os.listdir(parent)):
         match = pattern.match(name)
-        if match and match["host"] == _host() and not _process_alive(int(match["pid"])):
+        if match and match["host"] == host_name() and not process_alive(int(match["pid"])):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed.append(os.path.join(parent, name))
     return removed

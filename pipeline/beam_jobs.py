@@ -31,7 +31,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data import stats as stats_lib
+from data import files, stats as stats_lib
 from data.files import remove_stale_staging, staging_path
 from data.errors import DataError
 from pipeline import beam_runners
@@ -55,8 +55,13 @@ def create(path: str):
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    with create(path) as handle:
-        handle.write(data)
+    """Writes a file whole: locally through a renamed temporary (a killed writer leaves no half
+    file for a resumed job to trust); object stores write objects whole themselves."""
+    if is_remote(path):
+        with create(path) as handle:
+            handle.write(data)
+    else:
+        files.write_bytes(path, data)
 
 
 def read_bytes(path: str) -> bytes:

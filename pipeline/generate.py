@@ -11,11 +11,15 @@ take their usual options. Every episode is seeded from --seed, its split and its
 command always writes the same bytes. With --format=minari the same episodes become the local
 Minari datasets 'ogbench/cube-single-play-v0' and 'ogbench/cube-single-play-val-v0' (under
 --output if given, else MINARI_DATASETS_PATH, else ~/.minari/datasets).
+
+A killed or failed run keeps its finished episodes in OUTPUT/.generate-resume-ENV-seedSEED-lenLENGTH;
+the same command again rolls out only the rest.
 """
 
 import argparse
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +37,8 @@ DEFAULT_EPISODE_LENGTH = 1001
 MINARI_NAMESPACE = "ogbench"
 # Each split is gathered in memory to write one file: 100x the paper's 1M rows (about 30 GB) at most.
 MAX_ROWS_PER_SPLIT = 100_000_000
+OWNER_FILE = "owner"
+EPISODE_NAME = re.compile(r"(train|val)-\d{6,}")
 
 
 def default_val_episodes(episodes: int) -> int:
@@ -105,14 +111,6 @@ def _ogbench_arrays(episodes: list) -> dict:
     return {key: np.concatenate([episode[key] for episode in episodes]) for key in keys}
 
 
-def _write_file(path: str, data: bytes) -> None:
-    """Writes a file whole: locally through a renamed temporary; object stores write objects whole."""
-    if beam_jobs.is_remote(path):
-        beam_jobs.write_bytes(path, data)
-    else:
-        files.write_bytes(path, data)
-
-
 def _minari_buffers(episodes: list) -> list:
     """Minari episodes of the same transitions load_dataset keeps: each file row but the last is
     a step; the last row is the final observation; qpos/qvel ride along in infos."""
@@ -145,6 +143,55 @@ def _write_minari(family, dataset_id: str, episodes: list, root: str, env_spec) 
         author="sorl-tf pipeline/generate.py",
         description=f"OGBench {family.dataset_name} play data regenerated with OGBench's scripted oracle.",
     )
+
+
+def _resume_dir(output_dir: str, family, seed: int, episode_length: int) -> str:
+    """The folder that holds finished episodes until both outputs are written, named after what
+    makes an episode's bytes (env, seed, length) so that a rerun of a killed or failed job finds
+    them and rolls out only the rest. Locally it is claimed by this process while the job runs."""
+    work_dir = beam_jobs.join(output_dir, f".generate-resume-{family.name}-seed{seed}-len{episode_length}")
+    if beam_jobs.is_remote(work_dir):
+        beam_jobs.FileSystems.delete(beam_jobs.list_files(beam_jobs.join(work_dir, beam_jobs.ERRORS_DIR, "*.txt")))
+        return work_dir
+    os.makedirs(work_dir, exist_ok=True)
+    owner_file = os.path.join(work_dir, OWNER_FILE)
+    try:
+        host, pid = open(owner_file).read().split()
+        pid = int(pid)
+    except (FileNotFoundError, ValueError):  # no owner yet, or a file cut short by a kill
+        host, pid = None, None
+    if host == files.host_name() and pid != os.getpid() and files.process_alive(pid):
+        raise DataError(f"{output_dir}: another generate.py (process {pid}) is generating these episodes "
+                        f"({work_dir}); wait for it to finish or choose another --output.")
+    files.write_text(owner_file, f"{files.host_name()} {os.getpid()}\n")
+    # Errors recorded by the last run are its own: this run retries their episodes.
+    shutil.rmtree(os.path.join(work_dir, beam_jobs.ERRORS_DIR), ignore_errors=True)
+    for leftover in files.leftover_temporaries(os.path.join(work_dir, beam_jobs.EPISODES_DIR)):
+        leftover.unlink()  # writes cut short by a kill
+    return work_dir
+
+
+def _finished_episodes(episodes_dir: str) -> set:
+    """Names of the episodes already written whole (episode files are renamed into place)."""
+    names = set()
+    for path in beam_jobs.list_files(beam_jobs.join(episodes_dir, "*.npz")):
+        name = path.rsplit("/", 1)[-1][:-len(".npz")]
+        if EPISODE_NAME.fullmatch(name):
+            names.add(name)
+    return names
+
+
+def _leave_resume_dir(work_dir: str, keep: bool) -> None:
+    """Deletes the folder after success; after a failure keeps the finished episodes for a rerun."""
+    if keep and _finished_episodes(beam_jobs.join(work_dir, beam_jobs.EPISODES_DIR)):
+        if not beam_jobs.is_remote(work_dir):
+            os.remove(os.path.join(work_dir, OWNER_FILE))
+        print(f"generate.py: the finished episodes stay in {work_dir}; rerun the same command to go on from them.",
+              file=sys.stderr)
+    elif beam_jobs.is_remote(work_dir):
+        beam_jobs.FileSystems.delete([work_dir])
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODES, output_dir: str | None = None,
@@ -186,22 +233,28 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
         except OSError as error:
             raise beam_jobs.output_error(output_dir, error) from None
 
-    files.remove_stale_staging(output_dir, ".generate")  # those of killed runs
-    work_dir = files.staging_path(output_dir, ".generate")
+    files.remove_stale_staging(output_dir, ".generate")  # per-process folders of older versions
+    work_dir = _resume_dir(output_dir, family, seed, episode_length)
     episodes_dir = beam_jobs.join(work_dir, beam_jobs.EPISODES_DIR)
     tasks = ([play_data.EpisodeTask("train", i, seed) for i in range(episodes)]
              + [play_data.EpisodeTask("val", i, seed) for i in range(val_episodes)])
+    finished = _finished_episodes(episodes_dir)
+    todo = [task for task in tasks if task.name not in finished]
+    if progress and len(todo) < len(tasks):
+        print(f"generate.py: resuming: {len(tasks) - len(todo)} of {len(tasks)} episodes already in {work_dir}")
 
     def build(pipeline):
         import apache_beam as beam
 
         (pipeline
-         | "Episodes" >> beam.Create(tasks)
+         | "Episodes" >> beam.Create(todo)
          | "Spread" >> beam.Reshuffle()
          | "Rollout" >> beam.ParDo(beam_jobs.RolloutEpisodeFn(family.name, episode_length, work_dir)))
 
+    succeeded = False
     try:
-        _run_with_progress(build, pipeline_args, episodes_dir, len(tasks), episode_length, progress)
+        if todo:
+            _run_with_progress(build, pipeline_args, episodes_dir, len(tasks), episode_length, progress)
         beam_jobs.raise_recorded_errors(work_dir)
         if data_format == "minari":
             spec_env = play_data.make_env(family, episode_length)
@@ -212,17 +265,15 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
         for split, count in (("val", val_episodes), ("train", episodes)):
             split_episodes = _gather(episodes_dir, split, count)
             if data_format == "npz":
-                _write_file(finals[split], ogbench_source.npz_bytes(_ogbench_arrays(split_episodes)))
+                beam_jobs.write_bytes(finals[split], ogbench_source.npz_bytes(_ogbench_arrays(split_episodes)))
             else:
                 _write_minari(family, ids[split], split_episodes, output_dir, env_spec)
             del split_episodes
+        succeeded = True
     except OSError as error:  # the output went away or filled up while the job ran
         raise beam_jobs.output_error(output_dir, error) from None
     finally:
-        if beam_jobs.is_remote(work_dir):
-            beam_jobs.FileSystems.delete([work_dir])
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        _leave_resume_dir(work_dir, keep=not succeeded)
     return finals["train"], finals["val"]
 
 

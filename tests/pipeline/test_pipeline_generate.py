@@ -2,12 +2,13 @@
 
 import hashlib
 import os
+import subprocess
 
 import numpy as np
 import ogbench
 import pytest
 
-from data import envs, play_data
+from data import envs, files, ogbench_source, play_data
 from data.errors import DataError
 from pipeline import generate
 from pipeline.generate import generate_play_data
@@ -82,14 +83,55 @@ def test_bad_requests_fail_before_any_work(cube_npz_dir, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failed_job_leaves_no_files(tmp_path, monkeypatch):
-    def broken_rollout(env, family, task):
-        raise RuntimeError("simulated crash")
+RESUME_DIR = ".generate-resume-cube-single-play-seed0-len101"
 
-    monkeypatch.setattr(play_data, "rollout_episode", broken_rollout)
+
+def test_a_failed_job_writes_no_outputs_and_its_rerun_gives_the_same_bytes(cube_npz_dir, tmp_path, monkeypatch):
+    real_rollout = play_data.rollout_episode
+
+    def crash_on_second_episode(env, family, task):
+        if task.name == "train-000001":
+            raise RuntimeError("simulated crash")
+        return real_rollout(env, family, task)
+
+    monkeypatch.setattr(play_data, "rollout_episode", crash_on_second_episode)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        generate_play_data(episodes=2, val_episodes=1, episode_length=20, output_dir=str(tmp_path), progress=False)
-    assert os.listdir(tmp_path) == []
+        generate_play_data(episodes=3, val_episodes=1, episode_length=101, output_dir=str(tmp_path), progress=False)
+    assert set(os.listdir(tmp_path)) <= {RESUME_DIR}  # no output file, at most the episodes that finished
+    monkeypatch.setattr(play_data, "rollout_episode", real_rollout)
+    generate_play_data(episodes=3, val_episodes=1, episode_length=101, output_dir=str(tmp_path), progress=False)
+    assert _sha(tmp_path / TRAIN) == _sha(cube_npz_dir / TRAIN) and _sha(tmp_path / VAL) == _sha(cube_npz_dir / VAL)
+    assert sorted(os.listdir(tmp_path)) == [VAL, TRAIN]
+
+
+def test_a_killed_job_resumes_rolling_out_only_the_missing_episodes(cube_npz_dir, tmp_path, monkeypatch):
+    # What a kill leaves: one episode written whole, one cut short mid-write, the dead process's claim.
+    family = envs.resolve_env("cube-single")
+    episodes_dir = tmp_path / RESUME_DIR / "episodes"
+    episodes_dir.mkdir(parents=True)
+    first = play_data.rollout_episode(play_data.make_env(family, 101), family, play_data.EpisodeTask("train", 0, 0))
+    (episodes_dir / "train-000000.npz").write_bytes(ogbench_source.npz_bytes(first, compress=False))
+    (episodes_dir / ".train-000001.npz.0badc0de.tmp").write_bytes(b"half an episode")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / RESUME_DIR / "owner").write_text(f"{files.host_name()} {dead.pid}\n")
+
+    rolled = []
+    real_rollout = play_data.rollout_episode
+    monkeypatch.setattr(play_data, "rollout_episode",
+                        lambda env, family, task: rolled.append(task.name) or real_rollout(env, family, task))
+    generate_play_data(episodes=3, val_episodes=1, episode_length=101, output_dir=str(tmp_path), progress=False)
+    assert sorted(rolled) == ["train-000001", "train-000002", "val-000000"]
+    assert _sha(tmp_path / TRAIN) == _sha(cube_npz_dir / TRAIN) and _sha(tmp_path / VAL) == _sha(cube_npz_dir / VAL)
+    assert sorted(os.listdir(tmp_path)) == [VAL, TRAIN]
+
+
+def test_a_second_job_on_the_same_episodes_is_refused_while_the_first_runs(tmp_path):
+    (tmp_path / RESUME_DIR).mkdir()
+    (tmp_path / RESUME_DIR / "owner").write_text(f"{files.host_name()} {os.getppid()}\n")  # a live process
+    with pytest.raises(DataError, match=rf"another generate.py \(process {os.getppid()}\).*wait for it"):
+        generate_play_data(episodes=1, val_episodes=1, episode_length=101, output_dir=str(tmp_path), progress=False)
+    assert os.listdir(tmp_path) == [RESUME_DIR]
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -20,6 +20,7 @@ import time
 import cloudpickle
 import pytest
 
+from data import play_data
 from data.errors import DataError
 from pipeline import beam_jobs, beam_runners, generate
 from pipeline.generate import generate_play_data
@@ -246,20 +247,22 @@ def test_worker_pool_whose_python_lacks_beam_fails_fast_in_one_line(services, tm
     assert message.startswith(f"generate.py: --environment_config={pool}: the pool's worker did not connect")
     assert "\n" not in message and "lacks apache_beam" in message
     assert time.monotonic() - started < 60
-    assert not list((tmp_path / "out").glob(".generate.tmp-*"))
+    assert not list((tmp_path / "out").glob(".generate-resume-*"))
 
 
-def test_killed_driver_leaves_no_workers_and_the_next_run_removes_its_staging(tmp_path):
+def test_killed_driver_leaves_no_workers_and_the_next_run_resumes_from_its_episodes(tmp_path, monkeypatch):
     """SIGKILL to a DirectRunner multi_processing driver: its SDK worker processes exit when the
-    control channel drops; the next run into the same output removes the staging folder."""
+    control channel drops; the same command again rolls out only the episodes it had not finished."""
     out = tmp_path / "out"
+    arguments = dict(episodes=8, val_episodes=1, episode_length=500)
     driver = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.generate", "--episodes=8", "--val_episodes=1", "--episode_length=500",
+        [sys.executable, "-m", "pipeline.generate", *(f"--{key}={value}" for key, value in arguments.items()),
          f"--output={out}", "--no_progress", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
         env=_env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    episodes = out / ".generate-resume-cube-single-play-seed0-len500" / "episodes"
     try:
         deadline = time.monotonic() + START_BOUND_S
-        while not list(out.glob(".generate.tmp-*/episodes/*.npz")):
+        while not list(episodes.glob("*.npz")):
             assert driver.poll() is None and time.monotonic() < deadline, "no episode written while running"
             time.sleep(0.1)
         workers = subprocess.run(["pgrep", "-g", str(driver.pid)], capture_output=True, text=True).stdout.split()
@@ -272,7 +275,13 @@ def test_killed_driver_leaves_no_workers_and_the_next_run_removes_its_staging(tm
         assert not _group_alive(driver.pid), "worker processes outlived the killed driver"
     finally:
         _signal_group(driver.pid, signal.SIGKILL)
-    assert len(list(out.glob(".generate.tmp-*"))) == 1 and not (out / TRAIN).exists()
-    generate_play_data(env="cube-single", episodes=1, val_episodes=1, episode_length=20, output_dir=str(out),
-                       progress=False)
+    assert not (out / TRAIN).exists()
+    kept = {path.stem for path in episodes.glob("*.npz")}
+    rolled = []
+    real_rollout = play_data.rollout_episode
+    monkeypatch.setattr(play_data, "rollout_episode",
+                        lambda env, family, task: rolled.append(task.name) or real_rollout(env, family, task))
+    generate_play_data(env="cube-single", output_dir=str(out), progress=False, **arguments)
+    everything = {f"train-{i:06d}" for i in range(8)} | {"val-000000"}
+    assert kept and sorted(rolled) == sorted(everything - kept)
     assert sorted(os.listdir(out)) == ["cube-single-play-v0-val.npz", TRAIN]
