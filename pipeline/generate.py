@@ -69,8 +69,9 @@ def _check_arguments(family, episodes, val_episodes, episode_length, data_format
         raise DataError(f"--format={data_format}: use 'npz' (OGBench files) or 'minari'.")
 
 
-def _run_with_progress(build, pipeline_args, episodes_dir, total_episodes, episode_length, show):
-    """Runs the pipeline in a thread while a progress bar counts finished episode files."""
+def _run_with_progress(build, pipeline_args, episodes_dir, total_episodes, episode_length, show, resumed=0):
+    """Runs the pipeline in a thread while a progress bar counts finished episode files (`resumed`
+    of them were there before: they count as done but not towards the rate)."""
     from tqdm import tqdm
 
     failure = []
@@ -90,7 +91,7 @@ def _run_with_progress(build, pipeline_args, episodes_dir, total_episodes, episo
             done = len(beam_jobs.list_files(beam_jobs.join(episodes_dir, "*.npz")))
             bar.update(done - bar.n)
             elapsed = time.monotonic() - started
-            bar.set_postfix(steps_per_s=f"{done * episode_length / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(steps_per_s=f"{(done - resumed) * episode_length / max(elapsed, 1e-9):.0f}")
     if failure:
         raise failure[0]
 
@@ -254,7 +255,8 @@ def generate_play_data(env: str = "cube-single", episodes: int = DEFAULT_EPISODE
     succeeded = False
     try:
         if todo:
-            _run_with_progress(build, pipeline_args, episodes_dir, len(tasks), episode_length, progress)
+            _run_with_progress(build, pipeline_args, episodes_dir, len(tasks), episode_length, progress,
+                               resumed=len(tasks) - len(todo))
         beam_jobs.raise_recorded_errors(work_dir)
         if data_format == "minari":
             spec_env = play_data.make_env(family, episode_length)
