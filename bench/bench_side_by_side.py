@@ -20,8 +20,10 @@ optimiser and random key come back whole. `--codes=reference --cores=0` and `--c
 invocations with the same --out lay the runs out differently (the reference's seeds on one core, ours
 on the other); `--codes=` only rewrites the table from what is there.
 
-Written to --out: logs/, summary.csv (code, seed, step, k, N, success), side_by_side.md (the final
+Written to --out: logs/, summary.csv (code, evaluation, seed, step, k, N, success), side_by_side.md (the final
 table, mean +- std over seeds, and wall time per 1k gradient steps) and learning_curves.png.
+The table's best-of-N rows and its 'final' N = 1 row come from that one last evaluation, so they share
+start states; the 'training' N = 1 row is the learning curve's last point.
 """
 
 import argparse
@@ -193,12 +195,12 @@ def read_csv(path: Path) -> list:
 
 
 def ours_rows(seed: int, workdir: Path) -> list:
-    rows = [dict(code="sorl-tf", seed=seed, step=int(r["step"]), k=int(r["steps_k"]), N=int(r["num_samples"]),
-                 success=float(r["success_rate"])) for r in read_csv(workdir / "eval.csv")]
+    rows = [dict(code="sorl-tf", evaluation="training", seed=seed, step=int(r["step"]), k=int(r["steps_k"]),
+                 N=int(r["num_samples"]), success=float(r["success_rate"])) for r in read_csv(workdir / "eval.csv")]
     final = read_csv(workdir / "scaling" / "scaling.csv")
     step = max((r["step"] for r in rows), default=0)
-    rows += [dict(code="sorl-tf", seed=seed, step=step, k=int(r["k"]), N=int(r["N"]), success=float(r["success_rate"]))
-             for r in final if r.get("policy", "fixed") == "fixed" and int(r["N"]) > 1]
+    rows += [dict(code="sorl-tf", evaluation="final", seed=seed, step=step, k=int(r["k"]), N=int(r["N"]),
+                  success=float(r["success_rate"])) for r in final if r.get("policy", "fixed") == "fixed"]
     return rows
 
 
@@ -222,9 +224,8 @@ def reference_rows(seed: int, out: Path, steps: int) -> list:
                     continue
                 k = 1 if parts[0] == "evaluation" else int(parts[0].removeprefix("eval_inference_"))
                 n = int(parts[1][2:])
-                if final and n == 1:
-                    continue  # N = 1 at the last step comes from the training run's own evaluation
-                rows.append(dict(code="reference", seed=seed, step=step, k=k, N=n, success=float(value)))
+                rows.append(dict(code="reference", evaluation="final" if final else "training", seed=seed,
+                                 step=step, k=k, N=n, success=float(value)))
     return rows
 
 
@@ -241,26 +242,30 @@ def seconds_per_1k(code: str, seed: int, out: Path):
 
 
 def summarise(rows: list, walls: dict, args, out: Path) -> None:
-    files.write_csv(out / "summary.csv", rows, ["code", "seed", "step", "k", "N", "success"])
+    files.write_csv(out / "summary.csv", rows, ["code", "evaluation", "seed", "step", "k", "N", "success"])
     lines = [f"Task {args.task}, {args.steps} gradient steps, {args.depth} x {args.width} networks, "
              f"{args.eval_episodes} episodes per cell; success % as mean +- std over seeds "
-             f"{','.join(str(s) for s in sorted({r['seed'] for r in rows}))} (per-seed values in brackets).", "",
-             "| code | N | " + " | ".join(f"k={k}" for k in BUDGETS) + " | s per 1k steps |",
-             "|---|---|" + "---|" * len(BUDGETS) + "---|"]
+             f"{','.join(str(s) for s in sorted({r['seed'] for r in rows}))} (per-seed values in brackets). "
+             "'training' is the learning curve's last point; 'final' is one later evaluation of the last "
+             "save over every N, so its N = 1 row is the one to compare best-of-N with (other start states).",
+             "", "| code | evaluation | N | " + " | ".join(f"k={k}" for k in BUDGETS) + " | s per 1k steps |",
+             "|---|---|---|" + "---|" * len(BUDGETS) + "---|"]
     for code in ("sorl-tf", "reference"):
-        for n in sorted({r["N"] for r in rows if r["code"] == code}):
+        cases = [("training", 1)] + [("final", n) for n in sorted(
+            {r["N"] for r in rows if r["code"] == code and r["evaluation"] == "final"})]
+        for evaluation, n in cases:
             cells = []
             for k in BUDGETS:
-                values = [r["success"] * 100 for r in rows
-                          if r["code"] == code and r["N"] == n and r["k"] == k and r["step"] == args.steps]
+                values = [r["success"] * 100 for r in rows if r["code"] == code and r["evaluation"] == evaluation
+                          and r["N"] == n and r["k"] == k and r["step"] == args.steps]
                 if not values:
                     cells.append("")
                     continue
                 spread = f" +- {statistics.stdev(values):.0f}" if len(values) > 1 else ""
                 cells.append(f"{statistics.mean(values):.0f}{spread} [{', '.join(f'{v:.0f}' for v in values)}]")
             wall = [w for (c, _), w in walls.items() if c == code and w]
-            wall_text = ", ".join(f"{w:.0f}" for w in wall) if n == 1 else ""
-            lines.append(f"| {code} | {n} | " + " | ".join(cells) + f" | {wall_text} |")
+            wall_text = ", ".join(f"{w:.0f}" for w in wall) if evaluation == "training" else ""
+            lines.append(f"| {code} | {evaluation} | {n} | " + " | ".join(cells) + f" | {wall_text} |")
     files.write_text(out / "side_by_side.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows, args, out / "learning_curves.png")
@@ -275,7 +280,8 @@ def plot(rows: list, args, path: Path) -> None:
     figure, axes = plt.subplots(1, len(BUDGETS), figsize=(4 * len(BUDGETS), 3.4), sharey=True)
     for axis, k in zip(axes, BUDGETS):
         for code, color in (("sorl-tf", "tab:blue"), ("reference", "tab:orange")):
-            curve = [r for r in rows if r["code"] == code and r["k"] == k and r["N"] == 1]
+            curve = [r for r in rows if r["code"] == code and r["evaluation"] == "training" and r["k"] == k
+                     and r["N"] == 1]
             for seed in sorted({r["seed"] for r in curve}):
                 points = sorted((r["step"], 100 * r["success"]) for r in curve if r["seed"] == seed)
                 axis.plot(*zip(*points), color=color, alpha=0.35, marker=".")

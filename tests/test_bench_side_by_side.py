@@ -45,15 +45,17 @@ def test_summary_merges_both_codes_from_the_out_folder(tmp_path):
                              "--codes=", "--steps=100", "--out", str(tmp_path)])
 
     table = (tmp_path / "side_by_side.md").read_text()
-    rows = {tuple(line.split(" | ")[:2]): line for line in table.splitlines() if line.startswith("| ")}
-    ours_n1 = rows[("| sorl-tf", "1")].split(" | ")
-    assert ours_n1[2] == "10 [10]" and ours_n1[4] == "70 [70]"  # k = 1 and 4 at the last step
+    rows = {tuple(line.split(" | ")[:3]): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    ours_n1 = rows[("| sorl-tf", "training", "1")]
+    assert ours_n1[3] == "10 [10]" and ours_n1[5] == "70 [70]"  # k = 1 and 4 at the last step
     assert ours_n1[-1].startswith("40")  # median of 20, 25, 40 steps/s = 25 -> 40 s per 1k steps
-    assert rows[("| sorl-tf", "4")].split(" | ")[4] == "40 [40]"  # N = 4 from evaluate.py's scaling.csv
-    reference_n1 = rows[("| reference", "1")].split(" | ")
-    assert reference_n1[2] == "20 [20]" and reference_n1[4] == "30 [30]"  # N = 1 from the training run, not the final
+    assert rows[("| sorl-tf", "final", "1")][5] == "66 [66]"  # evaluate.py's own N = 1 cell, beside its N = 4
+    assert rows[("| sorl-tf", "final", "4")][5] == "40 [40]"
+    reference_n1 = rows[("| reference", "training", "1")]
+    assert reference_n1[3] == "20 [20]" and reference_n1[5] == "30 [30]"  # the training run's evaluation
     assert reference_n1[-1].startswith("90")  # median 0.09 s per step
-    assert rows[("| reference", "4")].split(" | ")[4] == "25 [25]"
+    assert rows[("| reference", "final", "1")][3] == "90 [90]"
+    assert rows[("| reference", "final", "4")][5] == "25 [25]"
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
 
 
