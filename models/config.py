@@ -30,6 +30,10 @@ class AgentConfig:
     adam_beta_2: float = 0.999  # Adam second-moment decay (both optimizers).
     grad_clip_norm: float = 1.0  # Global-norm gradient clipping per optimizer step (0 = off).
     tau: float = 0.005  # Target-network EMA rate: target <- tau * online + (1 - tau) * target.
+    # 'separate': one Adam per network (SPEC section 3). 'reference': the authors' JAX update, for
+    # ablations against their code: one Adam over both networks stepped twice, critic loss into the
+    # actor through a', Q loss on the pre-update critic, target EMAs from pre-update weights.
+    update_rule: str = "separate"
 
     # RL objective.
     discount: float = 0.99  # Bellman discount.
@@ -173,6 +177,7 @@ AGENT_RULES = {
     "adam_beta_2": real(0, 1),
     "grad_clip_norm": real(0),
     "tau": real(0, 1, low_open=True, high_open=False),  # tau = 0 would never move the targets
+    "update_rule": choice("separate", "reference"),
     "discount": real(0, 1),  # discount = 1 makes the Bellman target unbounded
     "q_agg": choice("mean", "min"),
     "q_loss_coef": real(0),
@@ -191,7 +196,13 @@ AGENT_RULES = {
 
 def _validate(cfg: AgentConfig) -> None:
     """Raises ValueError naming each field, its value and what it must be."""
-    check_fields(cfg, AGENT_RULES)
+    extra = []
+    if cfg.update_rule == "reference" and cfg.actor_lr != cfg.critic_lr:
+        extra.append(
+            f"update_rule='reference' steps one Adam over both networks, so actor_lr={cfg.actor_lr!r} "
+            f"must equal critic_lr={cfg.critic_lr!r}"
+        )
+    check_fields(cfg, AGENT_RULES, extra)
 
 
 def field_types(cls) -> dict:

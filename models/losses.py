@@ -117,20 +117,24 @@ def critic_loss(
     max_euler_steps: int,
     discount: float,
     q_agg: str,
+    next_action_gradient: bool = False,
 ):
     """TD loss of every critic member against a target from k-step next actions.
 
-    a' = clip(k-step sample at s') from the online actor (no gradient);
+    a' = clip(k-step sample at s') from the online actor (no gradient unless `next_action_gradient`:
+    the authors' code lets the loss reach the actor through a', SPEC section 3);
     y = r + discount * mask * agg(Q_target(s', a', k)); L = mean over members and batch of (Q(s, a, k) - y)^2.
     batch: the reader's dict (observations, actions, rewards, masks, next_observations).
     """
     next_observations = batch["next_observations"]
-    next_actions = tf.stop_gradient(
-        sampling.euler_sample_any(velocity_fn, next_observations, next_noise, euler_steps, max_euler_steps)
-    )
+    next_actions = sampling.euler_sample_any(velocity_fn, next_observations, next_noise, euler_steps, max_euler_steps)
+    if not next_action_gradient:
+        next_actions = tf.stop_gradient(next_actions)
     step_feature = tf.fill([tf.shape(next_observations)[0]], tf.cast(euler_steps, tf.float32))
     next_q = sampling.aggregate_q(target_critic_fn(next_observations, next_actions, step_feature), q_agg)
-    target = tf.stop_gradient(batch["rewards"] + discount * batch["masks"] * next_q)
+    target = batch["rewards"] + discount * batch["masks"] * next_q
+    if not next_action_gradient:
+        target = tf.stop_gradient(target)
     q = critic_fn(batch["observations"], batch["actions"], step_feature)
     loss = tf.reduce_mean(tf.square(q - target[None, :]))
     return loss, {"loss": loss, "q_mean": tf.reduce_mean(q), "target_mean": tf.reduce_mean(target)}

@@ -14,7 +14,8 @@ Rewards are multiplied by config.reward_scale inside the update.
 One update (SPEC section 3): a critic step (own Adam), then an actor step (own Adam) on
 L_actor = fm_coef * L_FM + sc_coef * L_SC + q_loss_coef * L_Q using the updated critic, then both
 targets move by EMA with the post-update weights. Each optimizer clips by the global norm of the
-full-batch gradient.
+full-batch gradient. config.update_rule='reference' replaces this with the authors' JAX update (see
+SORLAgent._reference_steps), for ablations against their code.
 
 Randomness: every random input of an update is a pure function of (config.seed, step counter,
 global row index) - see `losses.draw_loss_inputs` and the stream keys of models/noise.py. Each replica draws the global batch's inputs and
@@ -171,6 +172,17 @@ class SORLAgent(keras.Model):
         )
         self.actor_optimizer.build(self.actor.trainable_variables)
         self.critic_optimizer.build(self.critic.trainable_variables)
+        if config.update_rule == "reference":
+            # optax's Adam epsilon; the snapshots hold the weights from before this update.
+            self.joint_optimizer = keras.optimizers.Adam(
+                learning_rate=config.critic_lr, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2,
+                epsilon=1e-8, name="joint_adam",
+            )
+            self.joint_optimizer.build(self.critic.trainable_variables + self.actor.trainable_variables)
+            self.critic_before = make_critic("critic_before")
+            self.actor_before = make_actor("actor_before")
+            for snapshot in (self.critic_before, self.actor_before):
+                snapshot.trainable = False
 
         def counter(name):
             return self.add_weight(
@@ -272,17 +284,22 @@ class SORLAgent(keras.Model):
         # makes the summed replica gradients the gradient of the global-batch mean.
         share = tf.cast(local_size, tf.float32) / tf.cast(global_size, tf.float32)
 
-        critic_grads, critic_loss, critic_info = self._critic_gradients(batch, draws, share)
-        critic_norm = self._clip_and_apply(
-            self.critic_optimizer, self.critic.trainable_variables, critic_grads, critic_loss * share, context, apply
-        )
-        actor_grads, actor_loss, actor_info = self._actor_gradients(batch, draws, share, context)
-        actor_norm = self._clip_and_apply(
-            self.actor_optimizer, self.actor.trainable_variables, actor_grads, actor_loss * share, context, apply
-        )
-        if apply:
-            _ema_update(self.target_critic.weights, self.critic.weights, config.tau)
-            _ema_update(self.target_actor.weights, self.actor.weights, config.tau)
+        if config.update_rule == "reference":
+            steps = self._reference_steps(batch, draws, share, context, apply)
+            critic_loss, critic_info, critic_norm, actor_loss, actor_info, actor_norm = steps
+        else:
+            critic_grads, critic_loss, critic_info = self._critic_gradients(batch, draws, share)
+            critic_norm = self._clip_and_apply(
+                self.critic_optimizer, self.critic.trainable_variables, critic_grads, critic_loss * share, context,
+                apply,
+            )
+            actor_grads, actor_loss, actor_info = self._actor_gradients(batch, draws, share, context)
+            actor_norm = self._clip_and_apply(
+                self.actor_optimizer, self.actor.trainable_variables, actor_grads, actor_loss * share, context, apply
+            )
+            if apply:
+                _ema_update(self.target_critic.weights, self.critic.weights, config.tau)
+                _ema_update(self.target_actor.weights, self.actor.weights, config.tau)
 
         values = {
             "critic/loss": critic_loss,
@@ -333,7 +350,51 @@ class SORLAgent(keras.Model):
             weighted_loss = loss * share
         return tape.gradient(weighted_loss, watched), loss, info
 
-    def _actor_gradients(self, batch, draws, share, context):
+    def _reference_steps(self, batch, draws, share, context, apply: bool):
+        """The authors' JAX update (update_rule='reference'), kept for ablations against their code.
+
+        One Adam over critic and actor, stepped twice: first on the critic loss, whose gradient also
+        reaches the actor through a'; then on the actor loss, with zero gradients for the critic (its
+        moments still move it). The Q loss scores actions with the critic from before the first step,
+        and the targets move by EMA towards the weights from before both steps. Returns
+        (critic loss, info, first step's norm, actor loss, info, second step's norm).
+        """
+        config = self.config
+        if apply:
+            _ema_update(self.critic_before.weights, self.critic.weights, 1.0)
+            _ema_update(self.actor_before.weights, self.actor.weights, 1.0)
+        critic_vars = [v.value for v in self.critic.trainable_variables]
+        actor_vars = [v.value for v in self.actor.trainable_variables]
+        joint_vars = self.critic.trainable_variables + self.actor.trainable_variables
+
+        def critic_branch(euler_steps):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(critic_vars + actor_vars)
+                loss, info = losses.critic_loss(
+                    self.actor, self.critic, self.target_critic, batch, draws["critic_noise"], euler_steps,
+                    config.m_btt, config.discount, config.q_agg, next_action_gradient=True,
+                )
+                weighted_loss = loss * share
+            grads = tape.gradient(
+                weighted_loss, critic_vars + actor_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return grads, loss, info["q_mean"]
+
+        branches = [functools.partial(critic_branch, k) for k in sampling.step_counts(config.m_btt)]
+        critic_grads, critic_loss, q_mean = tf.switch_case(_log2_index(draws["critic_euler_steps"]), branches)
+        critic_norm = self._clip_and_apply(
+            self.joint_optimizer, joint_vars, critic_grads, critic_loss * share, context, apply
+        )
+        scoring_critic = self.critic_before if apply else self.critic
+        actor_grads, actor_loss, actor_info = self._actor_gradients(batch, draws, share, context, scoring_critic)
+        padded = [tf.zeros_like(v) for v in critic_vars] + list(actor_grads)
+        actor_norm = self._clip_and_apply(self.joint_optimizer, joint_vars, padded, actor_loss * share, context, apply)
+        if apply:
+            _ema_update(self.target_critic.weights, self.critic_before.weights, config.tau)
+            _ema_update(self.target_actor.weights, self.actor_before.weights, config.tau)
+        return critic_loss, {"q_mean": q_mean}, critic_norm, actor_loss, actor_info, actor_norm
+
+    def _actor_gradients(self, batch, draws, share, context, scoring_critic=None):
         """(gradient of share * L_actor w.r.t. the actor's weights, L_actor, info) on this replica's rows.
 
         L_FM and L_SC are differentiated with one tape. The Q loss picks the drawn k with
@@ -341,9 +402,11 @@ class SORLAgent(keras.Model):
         Case op nor a while loop is ever differentiated (XLA compiles the first slowly and runs the
         second's gradient slower; BENCHMARKS.md). The branch uses normaliser 1; the full-batch
         stop-gradient normaliser mean|Q| then divides that gradient, which equals the gradient of
-        L_Q because the normaliser is a constant.
+        L_Q because the normaliser is a constant. The Q loss scores with `scoring_critic` (default:
+        the online critic).
         """
         config = self.config
+        scoring_critic = scoring_critic or self.critic
         observations, actions = batch["observations"], batch["actions"]
         watched = [v.value for v in self.actor.trainable_variables]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -369,7 +432,8 @@ class SORLAgent(keras.Model):
             with tf.GradientTape(watch_accessed_variables=False) as q_tape:
                 q_tape.watch(watched)
                 unnormalised, info = losses.q_loss(
-                    self.actor, self.critic, observations, draws["q_noise"], euler_steps, config.m_btt, normaliser=1.0
+                    self.actor, scoring_critic, observations, draws["q_noise"], euler_steps, config.m_btt,
+                    normaliser=1.0,
                 )
                 weighted_objective = unnormalised * share
             grads = q_tape.gradient(weighted_objective, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -336,3 +336,113 @@ def test_checkpoint_restores_everything_and_training_continues_identically(tmp_p
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     obs = make_batch()["observations"]
     np.testing.assert_array_equal(original.act(obs), restored.act(obs))  # the act stream continues too
+
+
+# ------------------------------------------------------------- update_rule='reference' (the authors')
+class KerasAdam:
+    """Keras' Adam on numpy arrays, step by step (the joint optimizer runs two steps per update)."""
+
+    def __init__(self, shapes, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        self.lr, self.b1, self.b2, self.eps, self.t = lr, beta_1, beta_2, epsilon, 0
+        self.m = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+
+    def deltas(self, grads):
+        self.t += 1
+        alpha = self.lr * np.sqrt(1 - self.b2**self.t) / (1 - self.b1**self.t)
+        out = []
+        for i, g in enumerate(grads):
+            self.m[i] += (g - self.m[i]) * (1 - self.b1)
+            self.v[i] += (g * g - self.v[i]) * (1 - self.b2)
+            out.append(-alpha * self.m[i] / (np.sqrt(self.v[i]) + self.eps))
+        return out
+
+
+def critic_loss_through_next_action(agent, batch, draws):
+    """The authors' critic loss written out: a' keeps its gradient, so the loss reaches the actor."""
+    config, k = agent.config, int(draws["critic_euler_steps"])
+    batch = {key: tf.constant(v) for key, v in batch.items()}
+    variables = agent.critic.trainable_variables + agent.actor.trainable_variables
+    with tf.GradientTape() as tape:
+        next_actions = sampling.euler_sample(agent.actor, batch["next_observations"], draws["critic_noise"], k)
+        steps = tf.fill([BATCH], float(k))
+        next_q = tf.reduce_mean(agent.target_critic(batch["next_observations"], next_actions, steps), axis=0)
+        target = batch["rewards"] + config.discount * batch["masks"] * next_q
+        q = agent.critic(batch["observations"], batch["actions"], steps)
+        loss = tf.reduce_mean(tf.square(q - target[None, :]))
+    return [g.numpy() for g in tape.gradient(loss, variables)], float(loss)
+
+
+def test_reference_update_rule_is_the_authors_two_step_joint_adam():
+    """Step 1: critic loss into critic and actor (via a'); step 2: actor loss scored by the critic from
+    before step 1, zero critic gradients; one Adam; targets move towards the pre-update weights."""
+    lr, tau, clip = 1e-2, 0.25, 1.0
+    config = small_config(actor_lr=lr, critic_lr=lr, tau=tau, grad_clip_norm=clip, update_rule="reference")
+    agent, reference = SORLAgent(config, OBS_DIM, ACTION_DIM), SORLAgent(config, OBS_DIM, ACTION_DIM)
+    for a in (agent, reference):  # targets unlike the online nets, so the EMA's source shows
+        for t in a.target_actor.weights + a.target_critic.weights:
+            t.assign(t * 0.5 + 0.01)
+    batch, draws = make_batch(), fixed_draws(2, 4)
+    critic0, actor0 = snapshot(agent.critic), snapshot(agent.actor)
+    target_critic0, target_actor0 = snapshot(agent.target_critic), snapshot(agent.target_actor)
+    n_critic = len(critic0)
+
+    logs = agent.update({k: tf.constant(v) for k, v in batch.items()}, draws)
+
+    adam = KerasAdam([w.shape for w in critic0 + actor0], lr)
+    grads1, critic_loss = critic_loss_through_next_action(reference, batch, draws)
+    assert any(np.abs(g).max() > 0 for g in grads1[n_critic:])  # the actor does get the critic loss
+    grads1, norm1 = clipped(grads1, clip)
+    step1 = [w + d for w, d in zip(critic0 + actor0, adam.deltas(grads1))]
+    np.testing.assert_allclose(float(logs["critic/loss"]), critic_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(logs["critic/grad_norm"]), norm1, rtol=1e-4)
+
+    for variable, value in zip(reference.actor.weights, step1[n_critic:]):
+        variable.assign(value)  # the critic stays at its pre-update weights for the Q loss
+    _, actor_grads, actor_loss = reference_gradients(reference, batch, draws)
+    actor_grads, norm2 = clipped(actor_grads, clip)
+    zeros = [np.zeros_like(w) for w in critic0]
+    expected = [w + d for w, d in zip(step1, adam.deltas(zeros + actor_grads))]
+    np.testing.assert_allclose(float(logs["actor/loss"]), actor_loss, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["actor/grad_norm"]), norm2, rtol=1e-4)
+    for want, got in zip(expected, snapshot(agent.critic) + snapshot(agent.actor)):
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    assert any(not np.allclose(w, s) for w, s in zip(expected[:n_critic], step1[:n_critic]))  # momentum step
+
+    assert int(agent.joint_optimizer.iterations.numpy()) == 2
+    assert int(agent.actor_optimizer.iterations.numpy()) == int(agent.critic_optimizer.iterations.numpy()) == 0
+    for online0, target, target0 in ((critic0, agent.target_critic, target_critic0),
+                                     (actor0, agent.target_actor, target_actor0)):
+        for w0, t, t0 in zip(online0, snapshot(target), target0):
+            np.testing.assert_allclose(t, tau * w0 + (1 - tau) * t0, rtol=1e-6, atol=1e-7)
+
+
+def test_reference_update_rule_fits_with_xla_resumes_and_evaluates_without_change(tmp_path):
+    config = small_config(update_rule="reference")
+    data = dataset(make_batch())
+    agent = SORLAgent(config, OBS_DIM, ACTION_DIM)
+    agent.compile(jit_compile=True)
+    history = agent.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    assert int(agent.joint_optimizer.iterations.numpy()) == 6
+    before = [v.numpy().copy() for v in agent.variables if v.dtype == "float32" and "sorl_agent" not in v.path]
+    agent.evaluate(dataset(make_batch(1)), steps=1, verbose=0)
+    after = [v.numpy() for v in agent.variables if v.dtype == "float32" and "sorl_agent" not in v.path]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+    path = tf.train.Checkpoint(agent=agent).save(str(tmp_path / "ckpt"))
+    restored = SORLAgent(config, OBS_DIM, ACTION_DIM)
+    restored.compile(jit_compile=True)
+    tf.train.Checkpoint(agent=restored).restore(path).assert_consumed()
+    for a in (agent, restored):
+        a.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
+    for a, b in zip(agent.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_reference_update_rule_needs_one_learning_rate():
+    with pytest.raises(ValueError, match=r"update_rule='reference'.*actor_lr=0\.0003.*critic_lr=0\.0001"):
+        small_config(update_rule="reference", actor_lr=3e-4, critic_lr=1e-4)
+    with pytest.raises(ValueError, match=r"update_rule='joint' must be 'separate' or 'reference'"):
+        small_config(update_rule="joint")
