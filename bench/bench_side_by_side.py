@@ -64,6 +64,9 @@ def parse_args(argv):
                         "(its seeds in turn on the first of --cores; run another invocation for the other code "
                         "on the other core); empty: only summarise what is under --out")
     p.add_argument("--cores", default="0,1", help="the cores to pin the processes to")
+    p.add_argument("--ours_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra train.py --set for ours, e.g. update_rule=reference for the authors' update rule "
+                        "(use another --out: the table does not tell such runs apart)")
     p.add_argument("--out", default="artifacts/side_by_side")
     return p.parse_args(argv)
 
@@ -73,7 +76,8 @@ def ours_train_command(args, seed: int, workdir: Path) -> list:
     return [sys.executable, "-m", "pipeline.train", "--env=cube", f"--task={args.task}", f"--seed={seed}",
             f"--steps={args.steps}", f"--eval_every={args.eval_every}", f"--eval_episodes={args.eval_episodes}",
             f"--checkpoint_every={args.eval_every}", f"--data={args.data}", f"--workdir={workdir}",
-            f"--set=actor_hidden_dims={dims}", f"--set=critic_hidden_dims={dims}", "--no_progress", "--no_export"]
+            f"--set=actor_hidden_dims={dims}", f"--set=critic_hidden_dims={dims}", "--no_progress", "--no_export"] + [
+                f"--set={item}" for item in args.ours_set]
 
 
 def reference_command(args, seed: int, save_dir: Path, steps: int, eval_every: int, candidates: str,

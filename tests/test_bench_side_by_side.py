@@ -94,3 +94,18 @@ def test_a_reference_run_with_no_save_starts_from_scratch(tmp_path):
     reference_run(tmp_path / "reference-s1", [{"step": 10.0, "evaluation/n=1/success": 0.5}])
     assert bench_side_by_side.reference_next_segment(tmp_path, 1, 100) == (0, tmp_path / "reference-s1", None)
     assert bench_side_by_side.reference_next_segment(tmp_path, 2, 100) == (0, tmp_path / "reference-s2", None)
+
+
+def test_ours_set_reaches_train_py_and_configures_the_authors_update_rule(tmp_path):
+    from pipeline.config import make_run_config
+
+    args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p",
+                                          "--ours_set=update_rule=reference"])
+    command = bench_side_by_side.ours_train_command(args, 1, tmp_path)
+    overrides = [item.removeprefix("--set=") for item in command if item.startswith("--set=")]
+    config = make_run_config("cube", overrides=overrides)
+    assert config.agent.update_rule == "reference" and config.agent.actor_hidden_dims == (256, 256, 256)
+    plain = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p"])
+    assert make_run_config("cube", overrides=[
+        item.removeprefix("--set=") for item in bench_side_by_side.ours_train_command(plain, 1, tmp_path)
+        if item.startswith("--set=")]).agent.update_rule == "separate"
