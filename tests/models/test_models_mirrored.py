@@ -1,4 +1,5 @@
-"""A MirroredStrategy step on two logical CPUs equals the single-device step on the same global batch.
+"""A MirroredStrategy step on two logical CPUs equals the single-device step on the same global batch,
+with either update rule (models/config.py's update_rule).
 
 Logical devices must be configured before TensorFlow initialises, so the comparison runs in a
 fresh Python process. Each replica draws the global batch's random inputs from (seed, step) and
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent(
 
     config = AgentConfig(  # antmaze-large's preset (q_agg=min) on small networks
         q_loss_coef=500.0, q_agg="min", actor_hidden_dims=(16, 16), critic_hidden_dims=(16, 16), batch_size=8,
-        actor_lr=1e-2, critic_lr=1e-2, tau=0.1, grad_clip_norm=0.5)
+        actor_lr=1e-2, critic_lr=1e-2, tau=0.1, grad_clip_norm=0.5, update_rule=sys.argv[1])
     rng = np.random.default_rng(0)
     rows = 24
     data = {
@@ -45,7 +46,9 @@ SCRIPT = textwrap.dedent(
     def run(agent):
         history = agent.fit(dataset(), steps_per_epoch=3, epochs=1, verbose=0).history
         state = {v.path: v.numpy() for v in agent.variables}
-        for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+        for optimizer in (agent.actor_optimizer, agent.critic_optimizer, getattr(agent, "joint_optimizer", None)):
+            if optimizer is None:
+                continue
             state.update({optimizer.name + "/" + v.path: v.numpy() for v in optimizer.variables})
         return history, state
 
@@ -78,10 +81,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def comparison():
+@pytest.fixture(scope="module", params=["separate", "reference"])
+def comparison(request):
     # `-c` in the repository root imports the checkout, as `python -m pytest` there does.
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    result = subprocess.run([sys.executable, "-c", SCRIPT, request.param], capture_output=True, text=True,
+                            timeout=600, cwd=str(REPO))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
