@@ -122,6 +122,8 @@ BAD_VALUES = {
     "discount": [(1.0, r"a number in \[0, 1\)"), (1.5, r"a number in \[0, 1\)"), (-0.5, r"a number in \[0, 1\)"),
                  (float("nan"), r"a number in \[0, 1\)"), (True, r"a number in \[0, 1\)")],
     "q_agg": [("max", "'mean' or 'min'"), ("", "'mean' or 'min'"), (None, "'mean' or 'min'")],
+    "update_rule": [("joint", "'separate' or 'reference'"), ("", "'separate' or 'reference'"),
+                    (None, "'separate' or 'reference'")],
     "q_loss_coef": [(-1.0, "a finite number >= 0"), (float("nan"), "a finite number >= 0"),
                     (float("inf"), "a finite number >= 0")],
     "fm_coef": [(-0.5, "a finite number >= 0"), (float("-inf"), "a finite number >= 0")],
