@@ -128,8 +128,6 @@ def critic_loss(
     """
     next_observations = batch["next_observations"]
     next_actions = sampling.euler_sample_any(velocity_fn, next_observations, next_noise, euler_steps, max_euler_steps)
-    if not next_action_gradient:
-        next_actions = tf.stop_gradient(next_actions)
     step_feature = tf.fill([tf.shape(next_observations)[0]], tf.cast(euler_steps, tf.float32))
     next_q = sampling.aggregate_q(target_critic_fn(next_observations, next_actions, step_feature), q_agg)
     target = batch["rewards"] + discount * batch["masks"] * next_q

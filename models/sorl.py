@@ -330,10 +330,16 @@ class SORLAgent(keras.Model):
             batch["rewards"] = batch["rewards"] * scale
         return batch
 
-    def _critic_gradients(self, batch, draws, share):
-        """(gradient of share * L_critic w.r.t. the critic's weights, L_critic, info) on this replica's rows."""
+    def _critic_gradients(self, batch, draws, share, euler_steps=None, into_actor: bool = False):
+        """(gradient of share * L_critic w.r.t. the critic's weights, L_critic, info) on this replica's rows.
+
+        euler_steps: the k of a' (default: the drawn one, a tensor). into_actor: a' keeps its gradient
+        and the actor's weights follow the critic's in the returned list (update_rule='reference').
+        """
         config = self.config
         watched = [v.value for v in self.critic.trainable_variables]
+        if into_actor:
+            watched += [v.value for v in self.actor.trainable_variables]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(watched)
             loss, info = losses.critic_loss(
@@ -342,13 +348,15 @@ class SORLAgent(keras.Model):
                 self.target_critic,
                 batch,
                 draws["critic_noise"],
-                draws["critic_euler_steps"],
+                draws["critic_euler_steps"] if euler_steps is None else euler_steps,
                 config.m_btt,
                 config.discount,
                 config.q_agg,
+                next_action_gradient=into_actor,
             )
             weighted_loss = loss * share
-        return tape.gradient(weighted_loss, watched), loss, info
+        grads = tape.gradient(weighted_loss, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, loss, info
 
     def _reference_steps(self, batch, draws, share, context, apply: bool):
         """The authors' JAX update (update_rule='reference'), kept for ablations against their code.
@@ -360,24 +368,13 @@ class SORLAgent(keras.Model):
         (critic loss, info, first step's norm, actor loss, info, second step's norm).
         """
         config = self.config
-        if apply:
+        if apply:  # tau = 1 copies, through the same cross-replica path as the target EMAs
             _ema_update(self.critic_before.weights, self.critic.weights, 1.0)
             _ema_update(self.actor_before.weights, self.actor.weights, 1.0)
-        critic_vars = [v.value for v in self.critic.trainable_variables]
-        actor_vars = [v.value for v in self.actor.trainable_variables]
         joint_vars = self.critic.trainable_variables + self.actor.trainable_variables
 
-        def critic_branch(euler_steps):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(critic_vars + actor_vars)
-                loss, info = losses.critic_loss(
-                    self.actor, self.critic, self.target_critic, batch, draws["critic_noise"], euler_steps,
-                    config.m_btt, config.discount, config.q_agg, next_action_gradient=True,
-                )
-                weighted_loss = loss * share
-            grads = tape.gradient(
-                weighted_loss, critic_vars + actor_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
+        def critic_branch(euler_steps):  # a static unroll per k, as the Q loss does
+            grads, loss, info = self._critic_gradients(batch, draws, share, euler_steps, into_actor=True)
             return grads, loss, info["q_mean"]
 
         branches = [functools.partial(critic_branch, k) for k in sampling.step_counts(config.m_btt)]
@@ -387,7 +384,7 @@ class SORLAgent(keras.Model):
         )
         scoring_critic = self.critic_before if apply else self.critic
         actor_grads, actor_loss, actor_info = self._actor_gradients(batch, draws, share, context, scoring_critic)
-        padded = [tf.zeros_like(v) for v in critic_vars] + list(actor_grads)
+        padded = [tf.zeros_like(v.value) for v in self.critic.trainable_variables] + list(actor_grads)
         actor_norm = self._clip_and_apply(self.joint_optimizer, joint_vars, padded, actor_loss * share, context, apply)
         if apply:
             _ema_update(self.target_critic.weights, self.critic_before.weights, config.tau)
@@ -406,7 +403,8 @@ class SORLAgent(keras.Model):
         the online critic).
         """
         config = self.config
-        scoring_critic = scoring_critic or self.critic
+        if scoring_critic is None:
+            scoring_critic = self.critic
         observations, actions = batch["observations"], batch["actions"]
         watched = [v.value for v in self.actor.trainable_variables]
         with tf.GradientTape(watch_accessed_variables=False) as tape:

@@ -99,13 +99,12 @@ def test_a_reference_run_with_no_save_starts_from_scratch(tmp_path):
 def test_ours_set_reaches_train_py_and_configures_the_authors_update_rule(tmp_path):
     from pipeline.config import make_run_config
 
-    args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p",
-                                          "--ours_set=update_rule=reference"])
-    command = bench_side_by_side.ours_train_command(args, 1, tmp_path)
-    overrides = [item.removeprefix("--set=") for item in command if item.startswith("--set=")]
-    config = make_run_config("cube", overrides=overrides)
+    def trained_config(*extra):
+        args = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p",
+                                              *extra])
+        command = bench_side_by_side.ours_train_command(args, 1, tmp_path)
+        return make_run_config("cube", overrides=[c.removeprefix("--set=") for c in command if c.startswith("--set=")])
+
+    config = trained_config("--ours_set=update_rule=reference")
     assert config.agent.update_rule == "reference" and config.agent.actor_hidden_dims == (256, 256, 256)
-    plain = bench_side_by_side.parse_args(["--raw=r", "--data=d", "--reference_repo=x", "--reference_python=p"])
-    assert make_run_config("cube", overrides=[
-        item.removeprefix("--set=") for item in bench_side_by_side.ours_train_command(plain, 1, tmp_path)
-        if item.startswith("--set=")]).agent.update_rule == "separate"
+    assert trained_config().agent.update_rule == "separate"
