@@ -5,6 +5,7 @@ or for a run on a dataset's own rewards the gymnasium env it names (or --eval_en
     python pipeline/evaluate.py --saved_model=RUN/export/1 --euler_steps=1,2,4,8 --candidates=1,4
     python pipeline/evaluate.py --workdir=RUN --adaptive_threshold=0,0.001 --diagnostics
     python pipeline/evaluate.py --protocol=paper --workdir=RUN_S0,RUN_S1,RUN_S2 --last_checkpoints=3
+    python pipeline/evaluate.py --merge=OUT_A/protocol_rows.csv,OUT_B/protocol_rows.csv --output=OUT
 
 Budgets: Euler steps k (--euler_steps, default 1,2,4,8,16,32; --steps is its old spelling) crossed
 with best-of-N candidates ranked by the critic (--candidates, default 1,2,4,8,16), plus one adaptive
@@ -17,6 +18,8 @@ The paper's protocol (--protocol=paper: --episodes=50 --euler_steps=1,2,4,8 --ca
 given): several run directories (--workdir repeated or comma-separated, one per training seed and
 task), each evaluated on its own task (or on every --task given) at its last --last_checkpoints
 checkpoints; per seed the checkpoints are averaged, across seeds mean +- std (pipeline/protocol.py).
+--merge rebuilds that table from the protocol_rows.csv of evaluations run apart (tasks evaluated as
+their training ends, or on several machines) without evaluating anything.
 
 Writes to --output: for one checkpoint or export, scaling.csv (one row per task and budget, plus
 task=all rows pooling the tasks), success_vs_k.png, success_vs_N.png, success_vs_compute.png; for
@@ -86,6 +89,9 @@ def parse_args(argv):
                              "for several runs (one per training seed and task)")
     source.add_argument("--saved_model", help="exported SavedModel version folder (MODEL_BASE_PATH/N), or the "
                                               "base path (newest version)")
+    source.add_argument("--merge", action="append",
+                        help="protocol_rows.csv files of earlier --protocol=paper evaluations (repeat or comma "
+                             "list): write one paper table from them without evaluating; needs --output")
     p.add_argument("--checkpoint", help="checkpoint path inside --workdir (default: the latest)")
     p.add_argument("--last_checkpoints", type=int, default=None,
                    help="evaluate each run's last N checkpoints and average them per seed (the paper: 3)")
@@ -142,6 +148,10 @@ def parse_args(argv):
         args.workdir = [w.strip() for flag in args.workdir for w in flag.split(",") if w.strip()]
         if not args.workdir:
             p.error("--workdir: give one or more run directories")
+    if args.merge is not None:
+        args.merge = [m.strip() for flag in args.merge for m in flag.split(",") if m.strip()]
+        if not args.merge or not args.output:
+            p.error("--merge: give one or more protocol_rows.csv files and --output for the merged table")
     compare = [c.strip() for c in args.adaptive_compare.split(",") if c.strip()]
     if not compare or any(c not in ADAPTIVE_COMPARE_RULES for c in compare):
         p.error(f"--adaptive_compare={args.adaptive_compare!r}: expected a comma list of {ADAPTIVE_COMPARE_RULES}")
@@ -164,6 +174,8 @@ def parse_args(argv):
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.merge is not None:
+        return merge(args.merge, args.output, args.env)
     from pipeline import diagnostics, scaling
 
     try:
@@ -186,6 +198,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if "diagnostics" in summary:
         print(json.dumps(diagnostics.json_ready(summary["diagnostics"]), indent=1))
     print(f"Wrote {summary['output']}")
+
+
+def merge(paths: Sequence[str], output: str, env: Optional[str]) -> None:
+    from pipeline import protocol
+
+    try:
+        rows = protocol.read_rows(paths)
+        written = protocol.write_outputs(rows, output, env or "merged evaluations")
+    except ValueError as error:
+        raise SystemExit(f"evaluate.py --merge: {error}") from None
+    print(written["table_markdown"])
+    print(f"Wrote {output}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ mean and sample standard deviation (ddof = 1) of the seeds' values.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -264,6 +265,45 @@ def plot_summary(summary: Sequence[dict], output_dir, title: str = "") -> Path:
     ax.set_title(title)
     fig.tight_layout()
     return files.save_figure(fig, Path(output_dir) / "paper_success_vs_k.png")
+
+
+_COUNT_FIELDS = ("k", "N", "episodes", "successes")
+
+
+def read_rows(paths: Sequence) -> list[dict]:
+    """The rows of several protocol_rows.csv files (evaluations run apart: tasks as their training ends,
+    or on several machines), checked before they are merged into one table: ValueError naming the file,
+    line, field and value for a missing file or column, a count that is not a whole number, more
+    successes than episodes, or one evaluation (run, checkpoint, task, budget) present twice."""
+    rows, seen = [], {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file; pass the protocol_rows.csv that evaluate.py --protocol=paper "
+                             "wrote in its --output")
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            file_rows = list(reader)
+        missing = [c for c in ROW_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a protocol_rows.csv, it lacks the column(s) {', '.join(missing)}; pass "
+                             "the file evaluate.py --protocol=paper wrote")
+        for line, r in enumerate(file_rows, start=2):
+            for field in _COUNT_FIELDS:
+                if not str(r[field]).isdigit():
+                    raise ValueError(f"{path}, line {line}: {field}={r[field]!r} is not a whole number")
+            if int(r["successes"]) > int(r["episodes"]):
+                raise ValueError(f"{path}, line {line}: successes={r['successes']} exceeds episodes={r['episodes']}")
+            if str(r["task"]) == "all":
+                continue
+            key = (r["run"], str(r["checkpoint_step"]), str(r["task"])) + budget_key(r)
+            if key in seen:
+                raise ValueError(f"{path}, line {line}: run {r['run']!r}, checkpoint {r['checkpoint_step']!r}, "
+                                 f"task {r['task']}, {budget_label(budget_key(r))} is also in {seen[key]}; "
+                                 "merge each evaluation once")
+            seen[key] = f"{path}, line {line}"
+            rows.append(r)
+    return rows
 
 
 def write_outputs(rows: Sequence[dict], output_dir, env: str) -> dict:

@@ -146,7 +146,7 @@ def test_bad_flags_are_clear_errors(tmp_path, capsys):
                           (["--workdir=x", "--euler_steps=1,zero"], "comma-separated integers"),
                           (["--workdir=x", "--steps=1,zero"], "--steps='1,zero': expected comma-separated"),
                           (["--workdir=x", "--steps=1", "--euler_steps=2"], "pass only --euler_steps"),
-                          (["--task=2"], "one of the arguments --workdir --saved_model is required")):
+                          (["--task=2"], "one of the arguments --workdir --saved_model --merge is required")):
         with pytest.raises(SystemExit):
             evaluate.parse_args(argv)
         assert message in capsys.readouterr().err

@@ -126,3 +126,48 @@ def test_outputs_written_and_read_back(tmp_path):
     assert "2 training seed(s) (0, 1); the last 2 checkpoint(s)" in text
     assert "| k=1, N=4 | 40.0 ± 0.0 | 40.0 ± 0.0 | 40.0 ± 0.0 |" in text
     assert (tmp_path / "paper_success_vs_k.png").stat().st_size > 1000
+
+
+def test_merge_rebuilds_one_table_from_evaluations_run_apart(tmp_path, capsys):
+    """Task 1 evaluated in one output folder, task 2 in another: --merge gives the table of all of ROWS."""
+    from pipeline import evaluate
+
+    first = scaling.write_csv([r for r in ROWS if r["task"] == 1], tmp_path / "a" / "protocol_rows.csv",
+                              protocol.ROW_COLUMNS)
+    second = scaling.write_csv([r for r in ROWS if r["task"] == 2], tmp_path / "b" / "protocol_rows.csv",
+                               protocol.ROW_COLUMNS)
+    out = tmp_path / "merged"
+    evaluate.main([f"--merge={first},{second}", f"--output={out}", "--env=cube-double-play"])
+    summary = scaling.read_csv(out / "paper_summary.csv")
+    for scope, task, seed, rate in (("seed", "mean", "0", 0.5), ("seed", "mean", "1", 0.7),
+                                    ("seeds", "1", "", 0.85), ("seeds", "mean", "", 0.6)):
+        (r,) = [r for r in summary if (r["scope"], r["task"], r["train_seed"]) == (scope, task, seed)]
+        assert float(r["success_rate"]) == pytest.approx(rate)
+    assert len(scaling.read_csv(out / "protocol_rows.csv")) == len(ROWS)
+    table = (out / "paper_table.md").read_text()
+    assert "| budget | task 1 | task 2 | mean |" in table and "cube-double-play" in table
+    assert table in capsys.readouterr().out
+
+
+def test_merge_errors_name_the_file_line_and_value(tmp_path):
+    from pipeline import evaluate
+
+    good = scaling.write_csv(ROWS, tmp_path / "good.csv", protocol.ROW_COLUMNS)
+    cases = [("missing.csv", None, r"missing\.csv: no such file"),
+             ("other.csv", [{c: 1 for c in scaling.CSV_COLUMNS}], r"other\.csv: not a protocol_rows\.csv, it lacks "
+                                                                   r"the column\(s\) run, train_seed, checkpoint_step"),
+             ("bad_k.csv", [dict(ROWS[0], k="2.5")], r"bad_k\.csv, line 2: k='2\.5' is not a whole number"),
+             ("too_many.csv", [dict(ROWS[0], run="r9"), dict(ROWS[1], run="r9", successes=11)],
+              r"too_many\.csv, line 3: successes=11 exceeds episodes=10"),
+             ("twice.csv", [ROWS[3]], r"twice\.csv, line 2: run 'r0', checkpoint '200', task 2, k=1 is also in "
+                                      r".*good\.csv, line 5")]
+    for name, rows, message in cases:
+        path = tmp_path / name
+        if rows is not None:
+            columns = scaling.CSV_COLUMNS if name == "other.csv" else protocol.ROW_COLUMNS
+            scaling.write_csv(rows, path, columns)
+        with pytest.raises(SystemExit, match=message):
+            evaluate.main([f"--merge={good}", f"--merge={path}", f"--output={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        evaluate.parse_args([f"--merge={good}"])  # no --output
