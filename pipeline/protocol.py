@@ -273,8 +273,9 @@ _COUNT_FIELDS = ("k", "N", "episodes", "successes")
 def read_rows(paths: Sequence) -> list[dict]:
     """The rows of several protocol_rows.csv files (evaluations run apart: tasks as their training ends,
     or on several machines), checked before they are merged into one table: ValueError naming the file,
-    line, field and value for a missing file or column, a count that is not a whole number, more
-    successes than episodes, or one evaluation (run, checkpoint, task, budget) present twice."""
+    line, field and value for a missing file or column, a count that is not a whole number (k, N and
+    episodes at least 1), more successes than episodes, or one evaluation (run, checkpoint, task,
+    budget) present twice."""
     rows, seen = [], {}
     for path in paths:
         path = Path(path)
@@ -290,8 +291,9 @@ def read_rows(paths: Sequence) -> list[dict]:
                              "the file evaluate.py --protocol=paper wrote")
         for line, r in enumerate(file_rows, start=2):
             for field in _COUNT_FIELDS:
-                if not str(r[field]).isdigit():
-                    raise ValueError(f"{path}, line {line}: {field}={r[field]!r} is not a whole number")
+                least = 0 if field == "successes" else 1
+                if not str(r[field]).isdigit() or int(r[field]) < least:
+                    raise ValueError(f"{path}, line {line}: {field}={r[field]!r} is not a whole number >= {least}")
             if int(r["successes"]) > int(r["episodes"]):
                 raise ValueError(f"{path}, line {line}: successes={r['successes']} exceeds episodes={r['episodes']}")
             if str(r["task"]) == "all":
