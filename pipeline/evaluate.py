@@ -175,7 +175,8 @@ def parse_args(argv):
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.merge is not None:
-        return merge(args.merge, args.output, args.env)
+        merge(args.merge, args.output, args.env)
+        return
     from pipeline import diagnostics, scaling
 
     try:
