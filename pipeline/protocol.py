@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -292,7 +293,8 @@ def read_rows(paths: Sequence) -> list[dict]:
         for line, r in enumerate(file_rows, start=2):
             for field in _COUNT_FIELDS:
                 least = 0 if field == "successes" else 1
-                if not str(r[field]).isdigit() or int(r[field]) < least:
+                # ASCII digits: str.isdigit() also passes "²", which int() refuses without naming the line
+                if not re.fullmatch(r"[0-9]+", str(r[field])) or int(r[field]) < least:
                     raise ValueError(f"{path}, line {line}: {field}={r[field]!r} is not a whole number >= {least}")
             if int(r["successes"]) > int(r["episodes"]):
                 raise ValueError(f"{path}, line {line}: successes={r['successes']} exceeds episodes={r['episodes']}")

@@ -157,6 +157,8 @@ def test_merge_errors_name_the_file_line_and_value(tmp_path):
              ("other.csv", [{c: 1 for c in scaling.CSV_COLUMNS}], r"other\.csv: not a protocol_rows\.csv, it lacks "
                                                                    r"the column\(s\) run, train_seed, checkpoint_step"),
              ("bad_k.csv", [dict(ROWS[0], k="2.5")], r"bad_k\.csv, line 2: k='2\.5' is not a whole number"),
+             ("superscript.csv", [dict(ROWS[0], run="r9", N="\u00b2")],
+              r"superscript\.csv, line 2: N='\u00b2' is not a whole number >= 1"),
              ("no_episodes.csv", [dict(ROWS[0], run="r9", episodes=0, successes=0)],
               r"no_episodes\.csv, line 2: episodes='0' is not a whole number >= 1"),
              ("too_many.csv", [dict(ROWS[0], run="r9"), dict(ROWS[1], run="r9", successes=11)],
