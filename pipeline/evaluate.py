@@ -81,6 +81,11 @@ def parse_tasks(text: Optional[str]) -> Optional[list]:
     return tasks
 
 
+def comma_items(flags: Sequence[str]) -> list:
+    """The items of a repeatable flag that also takes comma lists, blanks dropped."""
+    return [item.strip() for flag in flags for item in flag.split(",") if item.strip()]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
@@ -145,11 +150,11 @@ def parse_args(argv):
     if args.episodes is None:
         args.episodes = defaults["episodes"]
     if args.workdir is not None:
-        args.workdir = [w.strip() for flag in args.workdir for w in flag.split(",") if w.strip()]
+        args.workdir = comma_items(args.workdir)
         if not args.workdir:
             p.error("--workdir: give one or more run directories")
     if args.merge is not None:
-        args.merge = [m.strip() for flag in args.merge for m in flag.split(",") if m.strip()]
+        args.merge = comma_items(args.merge)
         if not args.merge or not args.output:
             p.error("--merge: give one or more protocol_rows.csv files and --output for the merged table")
     compare = [c.strip() for c in args.adaptive_compare.split(",") if c.strip()]
